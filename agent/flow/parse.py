@@ -1,0 +1,613 @@
+"""The flow/v1 grammar: top level, values, connectors, triggers, elements."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from . import values as V
+from .cron import CronError, check_cron
+from .expressions import ExpressionError, compile_template
+from .model import (
+    FORMAT,
+    HTTP_METHODS,
+    SLUG,
+    VALUE_NAME,
+    Connector,
+    Element,
+    Field,
+    Flow,
+    FlowInvalid,
+    Issue,
+    Operation,
+    Outcome,
+    Trigger,
+    ValueDef,
+    flow_sha256,
+)
+from .schema import (
+    Checker,
+    Path,
+    Scope,
+    parse_operand,
+    parse_ref,
+    parse_render,
+    parse_rule,
+    template,
+)
+
+CONNECTOR_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ACTION: Final = re.compile(r"([A-Z]+) (/\S*)")
+_HTTP_OUTPUT: Final = re.compile(r"status|headers\.[A-Za-z0-9_-]+|body((\.[A-Za-z0-9_-]+)|(\[\d+\]))*")
+TOP_FIELDS: Final = (
+    "format", "id", "name", "version", "values", "connectors", "triggers", "start", "elements",
+)
+COMMON: Final = ("type", "label")
+ELEMENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "decision": ("outcomes",),
+    "operator": ("operations", "next"),
+    "message": ("connector", "action", "body", "query", "headers", "inputs", "outputs", "retry",
+                "timeout", "next", "fault"),
+    "page": ("title", "content", "fields", "outcomes"),
+    "step": ("content", "outcomes"),
+    "wait": ("seconds", "until", "next"),
+    "subflow": ("flow", "inputs", "outputs", "next", "fault"),
+    "end": ("status", "message"),
+}
+LEAVES_BY_NEXT: Final = frozenset({"operator", "message", "wait", "subflow"})
+LEAVES_BY_OUTCOMES: Final = frozenset({"decision", "page", "step"})
+ARITHMETIC: Final = ("add", "subtract", "multiply", "divide")
+OPERATIONS: Final[Mapping[str, str | None]] = {
+    "set": "to", "add": "by", "subtract": "by", "multiply": "by", "divide": "by",
+    "append": "item", "clear": None,
+}
+
+
+class ConnectorType:
+    """What a connector type accepts: in its definition and on message elements."""
+
+    def __init__(self, *, config: tuple[str, ...], required: tuple[str, ...],
+                 element_fields: tuple[str, ...], action: re.Pattern[str] | None = None,
+                 outputs: re.Pattern[str] | None = None) -> None:
+        self.config = config
+        self.required = required
+        self.element_fields = element_fields
+        self.action = action
+        self.outputs = outputs
+
+
+CONNECTOR_TYPES: dict[str, ConnectorType] = {
+    "http": ConnectorType(
+        config=("type", "base_url", "headers", "timeout"),
+        required=("base_url",),
+        element_fields=("body", "query", "headers"),
+        action=_ACTION,
+        outputs=_HTTP_OUTPUT,
+    ),
+}
+
+
+def register_connector_type(name: str, kind: ConnectorType) -> None:
+    """Later connector types (service, sql, plugins) declare their grammar here."""
+    CONNECTOR_TYPES[name] = kind
+
+
+def parse_flow(doc: object) -> Flow:
+    checker = Checker()
+    try:
+        flow = FlowParser(checker).parse(doc)
+    except RecursionError:
+        checker.issues.append(Issue("(document)", "the document is nested too deeply"))
+        flow = None
+    if checker.issues or flow is None:
+        raise FlowInvalid(checker.issues or [Issue("(document)", "not a valid flow")])
+    return flow
+
+
+class FlowParser:
+    def __init__(self, checker: Checker) -> None:
+        self.c = checker
+        self.value_types: dict[str, str] = {"fault": "object"}
+        self.element_ids: set[str] = set()
+        self.connectors: dict[str, Connector] = {}
+
+    # -- top level -----------------------------------------------------------
+    def parse(self, doc: object) -> Flow | None:
+        root = Path()
+        if not isinstance(doc, dict):
+            self.c.error(root, f"a flow must be a JSON object, got {V.describe(doc)}")
+            return None
+        self.c.obj(doc, root, allowed=TOP_FIELDS, required=("format", "id", "start", "elements"))
+        if "format" in doc and doc["format"] != FORMAT:
+            self.c.error(root / "format", f"must be {FORMAT!r}, got {doc['format']!r}")
+        flow_id = self.c.string(doc["id"], root / "id", pattern=SLUG, what="flow id") \
+            if "id" in doc else None
+        name = doc.get("name")
+        if name is not None:
+            self.c.string(name, root / "name")
+        version = 0
+        if "version" in doc:
+            version = self.c.integer(doc["version"], root / "version", minimum=1,
+                                     maximum=2**53) or 0
+        values = self._values(doc.get("values", {}), root / "values")
+        self._connectors(doc.get("connectors", {}), root / "connectors")
+        raw_elements = doc.get("elements")
+        if isinstance(raw_elements, dict):
+            self.element_ids = {k for k in raw_elements if isinstance(k, str)}
+        elements = self._elements(raw_elements, root / "elements") if "elements" in doc else {}
+        start = doc.get("start")
+        if "start" in doc and self.c.string(start, root / "start") is not None:
+            self._target(start, root / "start")
+        triggers = self._triggers(doc.get("triggers", []), root / "triggers")
+        if self.c.issues or flow_id is None:
+            return None
+        return Flow(
+            id=flow_id, version=version, name=name if isinstance(name, str) else None,
+            start=str(start), values=values, connectors=self.connectors, elements=elements,
+            triggers=triggers, definition=doc, sha256=flow_sha256(doc),
+        )
+
+    def _values(self, raw: Any, path: Path) -> dict[str, ValueDef]:
+        out: dict[str, ValueDef] = {}
+        if self.c.obj(raw, path, allowed=raw.keys() if isinstance(raw, dict) else ()) is None:
+            return out
+        for name, spec in raw.items():
+            here = path / name
+            if not VALUE_NAME.fullmatch(name):
+                self.c.error(here, f"{name!r} is not a valid value name ({VALUE_NAME.pattern})")
+                continue
+            if name == "fault":
+                self.c.error(here, "'fault' is reserved for the built-in fault value")
+                continue
+            body = self.c.obj(spec, here, allowed=("type", "access", "default", "secret"),
+                              required=("type",))
+            if body is None or "type" not in body:
+                continue
+            type_ = body["type"]
+            if type_ not in V.TYPES:
+                self.c.error(here / "type", f"unknown type {type_!r} (one of: "
+                             f"{', '.join(sorted(V.TYPES))})")
+                continue
+            access = body.get("access", "private")
+            if access not in V.ACCESS:
+                self.c.error(here / "access", f"unknown access {access!r} (one of: "
+                             f"{', '.join(sorted(V.ACCESS))})")
+                continue
+            secret = None
+            default = None
+            if type_ == "secret":
+                if "secret" not in body:
+                    self.c.error(here, "a secret value needs 'secret': the name in the agent's "
+                                 "secret store")
+                else:
+                    secret = self.c.string(body["secret"], here / "secret", pattern=SECRET_NAME,
+                                           what="secret name")
+                if "default" in body:
+                    self.c.error(here / "default", "a secret value cannot have a default")
+                if access != "private":
+                    self.c.error(here / "access", "a secret value is always private")
+            else:
+                if "secret" in body:
+                    self.c.error(here / "secret", "only values of type 'secret' name a secret")
+                if "default" in body:
+                    try:
+                        default = V.convert(type_, body["default"])
+                    except V.ConversionError as exc:
+                        self.c.error(here / "default", str(exc))
+            self.value_types[name] = type_
+            out[name] = ValueDef(name, type_, access, default, secret)
+        return out
+
+    def _connectors(self, raw: Any, path: Path) -> None:
+        if self.c.obj(raw, path, allowed=raw.keys() if isinstance(raw, dict) else ()) is None:
+            return
+        for name, spec in raw.items():
+            here = path / name
+            if not CONNECTOR_NAME.fullmatch(name):
+                self.c.error(here, f"{name!r} is not a valid connector name")
+                continue
+            if not isinstance(spec, dict) or "type" not in spec:
+                self.c.obj(spec, here, allowed=("type",), required=("type",))
+                continue
+            kind = CONNECTOR_TYPES.get(spec["type"]) if isinstance(spec["type"], str) else None
+            if kind is None:
+                self.c.error(here / "type", f"unknown connector type {spec['type']!r} (one of: "
+                             f"{', '.join(sorted(CONNECTOR_TYPES))})")
+                continue
+            self.c.obj(spec, here, allowed=kind.config, required=kind.required)
+            headers: dict[str, Any] = {}
+            if "headers" in spec:
+                headers = self._headers(spec["headers"], here / "headers", secrets=True)
+            if "base_url" in spec:
+                url = self.c.string(spec["base_url"], here / "base_url")
+                if url is not None and not re.match(r"https?://[^/\s]+", url):
+                    self.c.error(here / "base_url", "must be an http:// or https:// URL")
+            timeout = None
+            if "timeout" in spec:
+                timeout = self.c.number(spec["timeout"], here / "timeout", minimum=0,
+                                        maximum=3600, exclusive_min=True)
+            config = {k: v for k, v in spec.items() if k not in ("headers", "type")}
+            self.connectors[name] = Connector(name, spec["type"], config, headers, timeout)
+
+    def _headers(self, raw: Any, path: Path, *, secrets: bool) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.c.error(path, f"expected an object of header names to strings, got "
+                         f"{V.describe(raw)}")
+            return {}
+        scope = Scope(self.value_types, allow_secrets=secrets)
+        return {k: parse_render(self.c, path / k, v, scope) for k, v in raw.items()}
+
+    def _triggers(self, raw: Any, path: Path) -> tuple[Trigger, ...]:
+        if not isinstance(raw, list):
+            self.c.error(path, f"expected a list of triggers, got {V.describe(raw)}")
+            return ()
+        out: list[Trigger] = []
+        for i, spec in enumerate(raw):
+            here = path / i
+            if isinstance(spec, dict) and "schedule" in spec:
+                self.c.obj(spec, here, allowed=("schedule", "timezone"))
+                cron = self.c.string(spec["schedule"], here / "schedule")
+                if cron is not None:
+                    try:
+                        check_cron(cron)
+                    except CronError as exc:
+                        self.c.error(here / "schedule", str(exc))
+                tz = spec.get("timezone")
+                if tz is not None and self._timezone(tz, here / "timezone"):
+                    pass
+                out.append(Trigger(schedule=cron, timezone=tz if isinstance(tz, str) else None))
+            elif isinstance(spec, dict) and "webhook" in spec:
+                self.c.obj(spec, here, allowed=("webhook", "secret"))
+                if spec["webhook"] is not True:
+                    self.c.error(here / "webhook", "must be true")
+                secret = None
+                if "secret" in spec:
+                    secret = self.c.string(spec["secret"], here / "secret", pattern=SECRET_NAME,
+                                           what="secret name")
+                out.append(Trigger(webhook=True, secret=secret))
+            else:
+                self.c.error(here, "a trigger is {\"schedule\": CRON} or {\"webhook\": true}")
+        return tuple(out)
+
+    def _timezone(self, name: Any, path: Path) -> bool:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", name):
+            self.c.error(path, f"{name!r} is not a time zone name like 'Europe/Paris'")
+            return False
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            self.c.error(path, f"unknown time zone {name!r}")
+            return False
+        return True
+
+    # -- elements ------------------------------------------------------------
+    def _target(self, value: Any, path: Path) -> str | None:
+        if not isinstance(value, str):
+            self.c.error(path, f"expected an element id, got {V.describe(value)}")
+            return None
+        if value not in self.element_ids:
+            self.c.error(path, f"unknown element {value!r}")
+            return None
+        return value
+
+    def _elements(self, raw: Any, path: Path) -> dict[str, Element]:
+        if not isinstance(raw, dict):
+            self.c.error(path, f"expected an object of elements, got {V.describe(raw)}")
+            return {}
+        if not raw:
+            self.c.error(path, "a flow needs at least one element")
+        out: dict[str, Element] = {}
+        for element_id, spec in raw.items():
+            here = path / element_id
+            if not SLUG.fullmatch(element_id):
+                self.c.error(here, f"{element_id!r} is not a valid element id ({SLUG.pattern})")
+                continue
+            element = self._element(element_id, spec, here)
+            if element is not None:
+                out[element_id] = element
+        return out
+
+    def _element(self, element_id: str, spec: Any, path: Path) -> Element | None:
+        if not isinstance(spec, dict):
+            self.c.error(path, f"expected an element object, got {V.describe(spec)}")
+            return None
+        type_ = spec.get("type")
+        if type_ not in ELEMENT_FIELDS:
+            if "type" not in spec:
+                self.c.error(path, "missing required field 'type'")
+            else:
+                self.c.error(path / "type", f"unknown element type {type_!r} (one of: "
+                             f"{', '.join(ELEMENT_FIELDS)})")
+            return None
+        allowed = COMMON + ELEMENT_FIELDS[type_]
+        self.c.obj(spec, path, allowed=allowed)
+        fields: dict[str, Any] = {"id": element_id, "type": type_}
+        if "label" in spec:
+            fields["label"] = self.c.string(spec["label"], path / "label")
+        if type_ in LEAVES_BY_NEXT:
+            if "next" not in spec:
+                self.c.error(path, "missing required field 'next' (every element but end must "
+                             "leave)")
+            else:
+                fields["next"] = self._target(spec["next"], path / "next")
+        if "fault" in spec and "fault" in ELEMENT_FIELDS[type_]:
+            fields["fault"] = self._target(spec["fault"], path / "fault")
+        if type_ in LEAVES_BY_OUTCOMES:
+            fields["outcomes"] = self._outcomes(spec.get("outcomes"), path / "outcomes",
+                                                buttons=type_ != "decision")
+        extra = getattr(self, f"_el_{type_}")(spec, path)
+        if extra is None:
+            return None
+        fields.update(extra)
+        return Element(**fields)
+
+    def _outcomes(self, raw: Any, path: Path, *, buttons: bool) -> tuple[Outcome, ...]:
+        if not isinstance(raw, list) or not raw:
+            if raw is None:
+                self.c.error(path.parts and Path(path.parts[:-1]) or path,
+                             "missing required field 'outcomes' (every element but end must leave)")
+            else:
+                self.c.error(path, "expected a non-empty list of outcomes")
+            return ()
+        scope = Scope(self.value_types)
+        seen: set[str] = set()
+        out: list[Outcome] = []
+        for i, spec in enumerate(raw):
+            here = path / i
+            allowed = ("id", "label", "next") if buttons else ("id", "label", "next", "when")
+            body = self.c.obj(spec, here, allowed=allowed,
+                              required=("id", "next") if buttons else ("next",))
+            if body is None:
+                continue
+            oid = body.get("id")
+            if oid is not None and self.c.string(oid, here / "id", pattern=SLUG,
+                                                 what="outcome id") is not None:
+                if oid in seen:
+                    self.c.error(here / "id", f"duplicate outcome id {oid!r}")
+                seen.add(oid)
+            label = body.get("label")
+            if label is not None:
+                self.c.string(label, here / "label")
+            target = self._target(body["next"], here / "next") if "next" in body else None
+            when = None
+            if "when" in body and not buttons:
+                when = parse_rule(self.c, here / "when", body["when"], scope)
+            if target is not None:
+                out.append(Outcome(target, oid if isinstance(oid, str) else None,
+                                   label if isinstance(label, str) else None, when))
+        return tuple(out)
+
+    def _el_decision(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        return {}
+
+    def _el_end(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        status = spec.get("status", "completed")
+        if status not in ("completed", "failed"):
+            self.c.error(path / "status", f"must be 'completed' or 'failed', got {status!r}")
+        out["status"] = status
+        if "message" in spec:
+            out["message"] = template(self.c, path / "message", spec["message"],
+                                      Scope(self.value_types))
+        return out
+
+    def _el_page(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        scope = Scope(self.value_types)
+        out: dict[str, Any] = {}
+        for key in ("title", "content"):
+            if key in spec:
+                out[key] = template(self.c, path / key, spec[key], scope)
+        fields: list[Field] = []
+        raw = spec.get("fields", [])
+        if not isinstance(raw, list):
+            self.c.error(path / "fields", f"expected a list of fields, got {V.describe(raw)}")
+            raw = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            here = path / "fields" / i
+            body = self.c.obj(item, here, allowed=("value", "label", "required"),
+                              required=("value",))
+            if body is None or "value" not in body:
+                continue
+            name = body["value"]
+            kind = self.value_types.get(name) if isinstance(name, str) else None
+            if kind is None or name == "fault":
+                self.c.error(here / "value", f"unknown value {name!r}")
+                continue
+            if kind == "secret":
+                self.c.error(here / "value", f"secret value {name!r} cannot be a page field")
+                continue
+            if name in seen:
+                self.c.error(here / "value", f"value {name!r} is already a field of this page")
+            seen.add(name)
+            label = body.get("label", name)
+            if self.c.string(label, here / "label") is None:
+                label = name
+            required = body.get("required", False)
+            if self.c.boolean(required, here / "required") is None:
+                required = False
+            fields.append(Field(name, label, required))
+        out["fields"] = tuple(fields)
+        return out
+
+    def _el_step(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        if "content" in spec:
+            return {"content": template(self.c, path / "content", spec["content"],
+                                        Scope(self.value_types))}
+        return {}
+
+    def _el_wait(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        scope = Scope(self.value_types)
+        has_seconds, has_until = "seconds" in spec, "until" in spec
+        if has_seconds == has_until:
+            self.c.error(path, "a wait needs exactly one of 'seconds' or 'until'")
+            return {}
+        if has_seconds:
+            raw = spec["seconds"]
+            if V.is_number(raw):
+                self.c.number(raw, path / "seconds", minimum=0, maximum=10 * 365 * 86400)
+            elif not isinstance(raw, dict):
+                self.c.error(path / "seconds", f"expected a number of seconds, got "
+                             f"{V.describe(raw)}")
+                return {}
+            return {"seconds": parse_operand(self.c, path / "seconds", raw, scope)}
+        return {"until": parse_operand(self.c, path / "until", spec["until"], scope)}
+
+    def _el_operator(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        raw = spec.get("operations")
+        if not isinstance(raw, list) or not raw:
+            self.c.error(path / "operations", "expected a non-empty list of operations")
+            return {}
+        ops = [self._operation(item, path / "operations" / i) for i, item in enumerate(raw)]
+        return {"operations": tuple(op for op in ops if op is not None)}
+
+    def _operation(self, raw: Any, path: Path) -> Operation | None:
+        if not isinstance(raw, dict):
+            self.c.error(path, f"expected an operation object, got {V.describe(raw)}")
+            return None
+        kinds = [k for k in raw if k in OPERATIONS]
+        if len(kinds) != 1:
+            self.c.error(path, "an operation has exactly one of: " + ", ".join(OPERATIONS))
+            return None
+        op = kinds[0]
+        arg = OPERATIONS[op]
+        self.c.obj(raw, path, allowed=(op, arg) if arg else (op,),
+                   required=(arg,) if arg else ())
+        scope = Scope(self.value_types)
+        target_path = parse_ref(self.c, path / op, raw[op], scope)
+        if target_path is None:
+            return None
+        root = str(target_path[0])
+        root_type = self.value_types[root]
+        if root == "fault":
+            self.c.error(path / op, "the built-in 'fault' value is read-only")
+            return None
+        nested = len(target_path) > 1
+        if nested and root_type not in ("object", "list"):
+            self.c.error(path / op, f"{root!r} is a {root_type}: only objects and lists have "
+                         f"parts")
+            return None
+        if not nested and op in ARITHMETIC and root_type != "number":
+            self.c.error(path / op, f"{op} needs a number value, {root!r} is a {root_type}")
+        if not nested and op == "append" and root_type != "list":
+            self.c.error(path / op, f"append needs a list value, {root!r} is a {root_type}")
+        operand = None
+        if arg is not None and arg in raw:
+            operand = parse_operand(self.c, path / arg, raw[arg], scope)
+            if operand is not None and operand.kind == "literal" and not nested and op == "set":
+                try:
+                    V.check_assignable(root_type, operand.value)
+                except V.ConversionError as exc:
+                    self.c.error(path / arg, f"cannot set {root!r}: {exc}")
+            if operand is not None and operand.kind == "literal" and op in ARITHMETIC and (
+                not V.is_number(operand.value)
+            ):
+                self.c.error(path / arg, f"{op} needs a number, got {V.describe(operand.value)}")
+        return Operation(op, str(raw[op]), target_path, operand)
+
+    def _outputs(self, raw: Any, path: Path, pattern: re.Pattern[str] | None) -> dict[str, str]:
+        if not isinstance(raw, dict):
+            self.c.error(path, f"expected an object of value names, got {V.describe(raw)}")
+            return {}
+        out: dict[str, str] = {}
+        for name, source in raw.items():
+            here = path / name
+            kind = self.value_types.get(name)
+            if kind is None or name == "fault":
+                self.c.error(here, f"unknown value {name!r}")
+                continue
+            if kind == "secret":
+                self.c.error(here, f"secret value {name!r} is read-only")
+                continue
+            if self.c.string(source, here) is None:
+                continue
+            if pattern is not None and not pattern.fullmatch(source):
+                self.c.error(here, f"{source!r} is not one of status, headers.NAME, body, "
+                             "body.PATH")
+                continue
+            out[name] = source
+        return out
+
+    def _el_message(self, spec: dict[str, Any], path: Path) -> dict[str, Any] | None:
+        scope = Scope(self.value_types)
+        out: dict[str, Any] = {}
+        name = spec.get("connector")
+        if "connector" not in spec:
+            self.c.error(path, "missing required field 'connector'")
+        elif name not in self.connectors:
+            self.c.error(path / "connector", f"unknown connector {name!r}")
+        connector = self.connectors.get(name) if isinstance(name, str) else None
+        kind = CONNECTOR_TYPES.get(connector.type) if connector else None
+        out["connector"] = name
+        if kind is not None:
+            for key in ("body", "query", "headers", "inputs"):
+                if key in spec and key not in kind.element_fields:
+                    self.c.error(path / key, f"a {connector.type} connector takes no "  # type: ignore[union-attr]
+                                 f"'{key}' (it takes: {', '.join(kind.element_fields)})")
+        action = spec.get("action")
+        if "action" not in spec:
+            self.c.error(path, "missing required field 'action'")
+        elif self.c.string(action, path / "action") is not None and kind is not None:
+            out.update(self._action(action, path / "action", kind))
+        for key in ("body", "query", "inputs"):
+            if key in spec:
+                out[key] = parse_render(self.c, path / key, spec[key], scope)
+        if "query" in spec and not isinstance(spec["query"], dict):
+            self.c.error(path / "query", "expected an object of query parameters")
+        if "headers" in spec:
+            out["headers"] = self._headers(spec["headers"], path / "headers", secrets=False)
+        if "outputs" in spec:
+            out["outputs"] = self._outputs(spec["outputs"], path / "outputs",
+                                           kind.outputs if kind else None)
+        if "retry" in spec:
+            body = self.c.obj(spec["retry"], path / "retry", allowed=("attempts", "backoff"))
+            if body is not None:
+                if "attempts" in body:
+                    out["retry_attempts"] = self.c.integer(body["attempts"], path / "retry" /
+                                                           "attempts", minimum=1, maximum=20) or 1
+                if "backoff" in body:
+                    out["retry_backoff"] = self.c.number(body["backoff"], path / "retry" /
+                                                         "backoff", minimum=0, maximum=300) or 0.0
+        if "timeout" in spec:
+            out["timeout"] = self.c.number(spec["timeout"], path / "timeout", minimum=0,
+                                           maximum=3600, exclusive_min=True)
+        return out
+
+    def _action(self, action: str, path: Path, kind: Any) -> dict[str, Any]:
+        if kind.action is None:
+            return {"action": action}
+        match = kind.action.fullmatch(action)
+        if match is None or match.group(1) not in HTTP_METHODS:
+            self.c.error(path, f"{action!r} is not 'METHOD /path' (methods: "
+                         f"{', '.join(sorted(HTTP_METHODS))})")
+            return {}
+        out: dict[str, Any] = {"action": action}
+        if "{{" in action:
+            try:
+                compiled = compile_template(match.group(2))
+            except ExpressionError as exc:
+                self.c.error(path, str(exc).splitlines()[0])
+                return {}
+            Scope(self.value_types).check_names(self.c, path, compiled)
+            out["action_path"] = compiled
+        return out
+
+    def _el_subflow(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "flow" not in spec:
+            self.c.error(path, "missing required field 'flow'")
+        else:
+            out["flow"] = self.c.string(spec["flow"], path / "flow", pattern=SLUG, what="flow id")
+        if "inputs" in spec:
+            if not isinstance(spec["inputs"], dict):
+                self.c.error(path / "inputs", "expected an object of the child's input values")
+            else:
+                out["inputs"] = parse_render(self.c, path / "inputs", spec["inputs"],
+                                             Scope(self.value_types))
+        if "outputs" in spec:
+            out["outputs"] = self._outputs(spec["outputs"], path / "outputs", None)
+        return out
