@@ -39,7 +39,7 @@ from .schema import (
 
 CONNECTOR_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ACTION: Final = re.compile(r"([A-Z]+) (/\S*)")
+_ACTION: Final = re.compile(r"([A-Z]+) (/.*)")
 _HTTP_OUTPUT: Final = re.compile(r"status|headers\.[A-Za-z0-9_-]+|body((\.[A-Za-z0-9_-]+)|(\[\d+\]))*")
 TOP_FIELDS: Final = (
     "format", "id", "name", "version", "values", "connectors", "triggers", "start", "elements",

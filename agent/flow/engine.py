@@ -1,0 +1,663 @@
+"""The run state machine: feed it an event, get the new state and commands.
+
+The engine does no I/O.  It walks pure elements (decision, operator, end) in
+memory and stops where the outside world must act: a connector call, a child
+run, a timer, a person.  The runner commits the returned state before it
+executes any command, so a killed process resumes exactly where it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, DecimalException
+from typing import Any
+
+from . import values as V
+from .commands import (
+    Answer,
+    CallConnector,
+    Cancel,
+    ChildFinished,
+    Command,
+    ConnectorDone,
+    ConnectorRequest,
+    ConnectorResult,
+    Event,
+    RetryPolicy,
+    StartChild,
+    TimerFired,
+    WaitUntil,
+)
+from .expressions import ExpressionError
+from .model import Element, Flow, Operand, Operation, Rule
+from .rules import RuleError, compare
+from .state import RunState
+
+DEFAULT_MAX_STEPS = 10_000
+DEFAULT_TIMEOUT = 30.0
+
+
+class RunFault(Exception):
+    """An element cannot go on; the run takes its fault path or fails."""
+
+
+class InputInvalid(Exception):
+    """Inputs that do not fit the flow: every problem, each naming the value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class AnswerRefused(Exception):
+    """A resume that cannot be applied; the run is left as it was.
+
+    ``code`` is one of: not_waiting, stale_token, unknown_outcome,
+    unknown_field, missing_field, invalid_field.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class EngineMisuse(Exception):
+    """The caller fed an event the run is not waiting for (a bug or a replay)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    element: str
+    visit: int
+    type: str
+    started: float
+    ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    state: RunState
+    commands: tuple[Command, ...]
+    visits: tuple[Visit, ...]
+
+
+def _zero() -> float:
+    return 0.0
+
+
+def state_token(run_id: str, visit: int) -> str:
+    return hashlib.sha256(f"{run_id}:{visit}".encode()).hexdigest()[:24]
+
+
+def idempotency_key(run_id: str, visit: int) -> str:
+    return f"{run_id}:{visit}"
+
+
+def convert_inputs(flow: Flow, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs converted to their declared types, or InputInvalid naming each."""
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    accepted = {v.name for v in flow.inputs}
+    for name, raw in inputs.items():
+        spec = flow.values.get(name)
+        if spec is None or name not in accepted:
+            listed = ", ".join(sorted(accepted)) or "none"
+            kind = "unknown value" if spec is None else "not an input value"
+            problems.append(f"input '{name}': {kind} (inputs of flow '{flow.id}': {listed})")
+            continue
+        try:
+            out[name] = V.convert(spec.type, raw)
+        except V.ConversionError as exc:
+            problems.append(f"input '{name}': {exc}")
+    if problems:
+        raise InputInvalid(problems)
+    return out
+
+
+class Engine:
+    """Executes one flow version.  Cheap to keep: build once per version."""
+
+    def __init__(self, flow: Flow, *, max_steps: int = DEFAULT_MAX_STEPS,
+                 clock: Callable[[], float] = _zero) -> None:
+        self.flow = flow
+        self.max_steps = max_steps
+        self.clock = clock
+        self._output_names = tuple(
+            v.name for v in flow.values.values() if v.access in V.OUTPUT_ACCESS
+        )
+
+    # -- entry points ----------------------------------------------------------
+    def start(self, run_id: str, inputs: Mapping[str, Any], *, now: datetime,
+              secrets: Mapping[str, str], parent: dict[str, Any] | None = None) -> Step:
+        converted = convert_inputs(self.flow, inputs)
+        values: dict[str, Any] = {"fault": None}
+        for name, spec in self.flow.values.items():
+            if spec.type != "secret":
+                values[name] = V.normalize(spec.default)
+        values.update(converted)
+        state = RunState(run_id, self.flow.id, self.flow.version, values=values,
+                         current=self.flow.start, parent=parent)
+        return self._advance(state, now, secrets)
+
+    def feed(self, state: RunState, event: Event, *, now: datetime,
+             secrets: Mapping[str, str]) -> Step:
+        """Apply ``event`` to a copy of ``state``; the original is never changed."""
+        if isinstance(event, Cancel):
+            return self._cancel(state)
+        if state.finished:
+            raise EngineMisuse(f"run {state.run_id} has already {state.status}")
+        if isinstance(event, Answer):
+            new = self._answer(state, event)
+        elif isinstance(event, ConnectorDone):
+            new = self._connector_done(state, event)
+        elif isinstance(event, ChildFinished):
+            new = self._child_finished(state, event)
+        elif isinstance(event, TimerFired):
+            if not state.waiting or state.waiting.get("kind") != "timer":
+                raise EngineMisuse(f"run {state.run_id} is not waiting on a timer")
+            until = V.parse_datetime(state.waiting["until"])
+            if now < until:
+                return Step(state, (WaitUntil(until=until),), ())
+            new = state.copy()
+            new.status, new.waiting = "running", None
+            new.current = self.flow.elements[state.current or ""].next
+        else:  # pragma: no cover - the Event union is closed
+            raise EngineMisuse(f"unknown event {event!r}")
+        return self._advance(new, now, secrets)
+
+    def pending_commands(self, state: RunState, *, now: datetime,
+                         secrets: Mapping[str, str]) -> Step:
+        """What to (re)do for a run loaded from the store, e.g. after a crash.
+
+        A connector call is rebuilt with the same idempotency key; a child run
+        is started again (the runner finds it if it exists); a running run
+        just goes on.
+        """
+        if state.finished:
+            return Step(state, (), ())
+        if state.pending is not None:
+            element = self.flow.elements[state.pending["element"]]
+            visit = int(state.pending["visit"])
+            new = state.copy()
+            try:
+                if state.pending["kind"] == "connector":
+                    return Step(new, (self._connector_command(element, new, visit, secrets),), ())
+                return Step(new, (self._child_command(element, new, visit),), ())
+            except RunFault as fault:
+                self._fail(new, element.id, str(fault))
+                return Step(new, (), ())
+        if state.status == "waiting" and state.waiting and state.waiting["kind"] == "timer":
+            return self.feed(state, TimerFired(), now=now, secrets=secrets)
+        if state.status == "running":
+            return self._advance(state.copy(), now, secrets)
+        return Step(state, (), ())
+
+    def result(self, state: RunState) -> dict[str, Any]:
+        """The run result of flow-format.md ("Run result")."""
+        waiting = None
+        if state.status == "waiting" and state.waiting:
+            waiting = {k: v for k, v in state.waiting.items() if k not in ("visit",)}
+        return {
+            "run_id": state.run_id,
+            "flow": state.flow_id,
+            "version": state.version,
+            "status": state.status,
+            "outputs": {n: V.to_plain(state.values.get(n)) for n in self._output_names},
+            "path": list(state.path),
+            "waiting": V.to_plain(waiting),
+            "error": state.error,
+        }
+
+    # -- the walk ----------------------------------------------------------------
+    def _advance(self, state: RunState, now: datetime, secrets: Mapping[str, str]) -> Step:
+        commands: list[Command] = []
+        visits: list[Visit] = []
+        elements = self.flow.elements
+        while state.status == "running" and state.pending is None and state.current:
+            element = elements[state.current]
+            if len(state.path) >= self.max_steps:
+                self._fail(state, element.id, f"the run visited more than {self.max_steps} "
+                           "elements (max_steps); does a loop never exit?")
+                break
+            state.path.append(element.id)
+            visit = len(state.path)
+            started = self.clock()
+            try:
+                state.current = self._execute(element, state, visit, now, secrets, commands)
+            except RunFault as fault:
+                self._fail(state, element.id, str(fault))
+            visits.append(Visit(element.id, visit, element.type, started, self.clock()))
+        return Step(state, tuple(commands), tuple(visits))
+
+    def _execute(self, element: Element, state: RunState, visit: int, now: datetime,
+                 secrets: Mapping[str, str], commands: list[Command]) -> str | None:
+        kind = element.type
+        if kind == "decision":
+            for outcome in element.outcomes:
+                if outcome.when is None or self._rule(outcome.when, state.values):
+                    return outcome.next
+            raise RunFault(f"no outcome of decision '{element.id}' applies")
+        if kind == "operator":
+            for op in element.operations:
+                self._operate(op, state)
+            return element.next
+        if kind == "end":
+            if element.status == "failed":
+                message = (self._text(element.message, state.values) if element.message
+                           else "the flow ended as failed")
+                state.status = "failed"
+                state.error = {"element": element.id, "message": message}
+            else:
+                state.status = "completed"
+            return element.id
+        if kind == "message":
+            state.pending = {"kind": "connector", "element": element.id, "visit": visit,
+                             "key": idempotency_key(state.run_id, visit)}
+            commands.append(self._connector_command(element, state, visit, secrets))
+            return element.id
+        if kind in ("page", "step"):
+            self._wait_for_person(element, state, visit)
+            return element.id
+        if kind == "wait":
+            until = self._until(element, state.values, now)
+            if until <= now:
+                return element.next
+            state.status = "waiting"
+            state.waiting = self._waiting(element, state, visit, "timer", until=until.isoformat())
+            commands.append(WaitUntil(until=until))
+            return element.id
+        if kind == "subflow":
+            state.pending = {"kind": "subflow", "element": element.id, "visit": visit,
+                             "child": f"{state.run_id}.{visit}"}
+            commands.append(self._child_command(element, state, visit))
+            state.status = "waiting"
+            state.waiting = self._waiting(element, state, visit, "subflow",
+                                          child=state.pending["child"])
+            return element.id
+        raise RunFault(f"unknown element type {kind!r}")  # pragma: no cover
+
+    # -- people ------------------------------------------------------------------
+    def _waiting(self, element: Element, state: RunState, visit: int, kind: str,
+                 **extra: Any) -> dict[str, Any]:
+        return {"element": element.id, "kind": kind, "state_token": state_token(state.run_id, visit),
+                "outcomes": [], "fields": [], "until": None, "visit": visit, **extra}
+
+    def _wait_for_person(self, element: Element, state: RunState, visit: int) -> None:
+        fields = []
+        for f in element.fields:
+            spec = self.flow.values[f.value]
+            fields.append({"value": f.value, "label": f.label, "required": f.required,
+                           "type": spec.type, "current": state.values.get(f.value)})
+        waiting = self._waiting(element, state, visit, "input", fields=fields, outcomes=[
+            {"id": o.id, "label": o.label or o.id} for o in element.outcomes
+        ])
+        if element.title is not None:
+            waiting["title"] = self._text(element.title, state.values)
+        if element.content is not None:
+            waiting["content"] = self._text(element.content, state.values)
+        state.status = "waiting"
+        state.waiting = waiting
+
+    def _answer(self, state: RunState, answer: Answer) -> RunState:
+        waiting = state.waiting
+        if state.status != "waiting" or not waiting or waiting.get("kind") != "input":
+            kind = waiting.get("kind") if waiting else None
+            raise AnswerRefused("not_waiting", f"run {state.run_id} is {state.status}"
+                                + (f" (waiting on a {kind})" if kind else "")
+                                + ", not waiting for a person")
+        if answer.state_token is not None and answer.state_token != waiting["state_token"]:
+            raise AnswerRefused("stale_token", "this run has moved on since that page was shown "
+                                "(stale state token); reload it and try again")
+        element = self.flow.elements[waiting["element"]]
+        outcome = next((o for o in element.outcomes if o.id == answer.outcome), None)
+        if outcome is None:
+            ids = ", ".join(str(o.id) for o in element.outcomes)
+            raise AnswerRefused("unknown_outcome", f"'{answer.outcome}' is not an outcome of "
+                                f"'{element.id}' (choose one of: {ids})")
+        declared = {f.value: f for f in element.fields}
+        converted: dict[str, Any] = {}
+        for name, raw in answer.fields.items():
+            if name not in declared:
+                raise AnswerRefused("unknown_field", f"'{name}' is not a field of "
+                                    f"'{element.id}'")
+            try:
+                converted[name] = V.convert(self.flow.values[name].type, raw)
+            except V.ConversionError as exc:
+                raise AnswerRefused("invalid_field", f"field '{name}': {exc}") from None
+        for f in element.fields:
+            value = converted.get(f.value, state.values.get(f.value))
+            if f.required and V.is_empty(value):
+                raise AnswerRefused("missing_field", f"field '{f.value}' ({f.label}) is required")
+        new = state.copy()
+        new.values.update(converted)
+        new.status, new.waiting, new.current = "running", None, outcome.next
+        return new
+
+    # -- connectors and children -------------------------------------------------------
+    def _connector_command(self, element: Element, state: RunState, visit: int,
+                           secrets: Mapping[str, str]) -> CallConnector:
+        connector = self.flow.connectors[element.connector or ""]
+        scope = state.values
+        secret_scope, redact = self._secret_scope(connector.headers, secrets)
+        headers = {k: _header(v) for k, v in self._render(connector.headers,
+                                                          {**scope, **secret_scope}).items()}
+        if element.headers:
+            headers.update({k: _header(v) for k, v in self._render(element.headers, scope).items()})
+        action = element.action or ""
+        if element.action_path is not None:
+            method = action.split(" ", 1)[0]
+            action = f"{method} {self._call(element.action_path, scope)}"
+        query = None
+        if element.query is not None:
+            query = {k: _header(v) for k, v in self._render(element.query, scope).items()}
+        return CallConnector(request=ConnectorRequest(
+            run_id=state.run_id, element=element.id, connector=connector.name,
+            connector_type=connector.type, config=connector.config, action=action,
+            body=V.to_plain(self._render(element.body, scope)) if element.body is not None
+            else None,
+            query=query, headers=headers,
+            inputs=V.to_plain(self._render(element.inputs, scope)) if element.inputs is not None
+            else None,
+            timeout=float(element.timeout or connector.timeout or DEFAULT_TIMEOUT),
+            retry=RetryPolicy(attempts=element.retry_attempts, backoff=element.retry_backoff),
+            idempotency_key=idempotency_key(state.run_id, visit), redact=redact, visit=visit,
+        ))
+
+    def _secret_scope(self, tree: Any, secrets: Mapping[str, str]) -> tuple[dict[str, str],
+                                                                             tuple[str, ...]]:
+        names = _tree_names(tree)
+        scope: dict[str, str] = {}
+        for name in names:
+            spec = self.flow.values.get(name)
+            if spec is None or spec.type != "secret" or spec.secret is None:
+                continue
+            secret = secrets.get(spec.secret)
+            if secret is None:
+                raise RunFault(f"secret '{spec.secret}' (value '{name}') is not in the agent's "
+                               "secret store")
+            scope[name] = secret
+        return scope, tuple(v for v in scope.values() if v)
+
+    def _connector_done(self, state: RunState, event: ConnectorDone) -> RunState:
+        pending = state.pending
+        if not pending or pending["kind"] != "connector" or pending["visit"] != event.visit:
+            raise EngineMisuse(f"run {state.run_id} is not waiting for connector visit "
+                               f"{event.visit}")
+        new = state.copy()
+        new.pending = None
+        element = self.flow.elements[pending["element"]]
+        result = event.result
+        if result.wait:
+            new.status = "waiting"
+            new.pending = dict(pending)
+            new.waiting = self._waiting(element, new, event.visit, "callback")
+            return new
+        if not result.ok:
+            return self._take_fault(new, element, result.message, status=result.status,
+                                    connector=element.connector)
+        connector = self.flow.connectors[element.connector or ""]
+        try:
+            for name, source in element.outputs.items():
+                raw = _response_part(result, source) if connector.type == "http" else (
+                    (result.outputs or {}).get(source))
+                new.values[name] = self._convert(element, name, raw)
+        except RunFault as fault:
+            self._fail(new, element.id, str(fault))
+            return new
+        new.current = element.next
+        return new
+
+    def _child_command(self, element: Element, state: RunState, visit: int) -> StartChild:
+        inputs = self._render(element.inputs, state.values) if element.inputs is not None else {}
+        return StartChild(element=element.id, visit=visit, child_run_id=f"{state.run_id}.{visit}",
+                          flow_id=element.flow or "", inputs=inputs)
+
+    def _child_finished(self, state: RunState, event: ChildFinished) -> RunState:
+        pending = state.pending
+        if not pending or pending["kind"] != "subflow" or pending["visit"] != event.visit:
+            raise EngineMisuse(f"run {state.run_id} is not waiting for a child at visit "
+                               f"{event.visit}")
+        new = state.copy()
+        new.pending, new.waiting, new.status = None, None, "running"
+        element = self.flow.elements[pending["element"]]
+        if event.status != "completed":
+            why = event.error or event.status
+            return self._take_fault(new, element, f"subflow '{element.flow}' {event.status}: {why}")
+        try:
+            for name, child_name in element.outputs.items():
+                new.values[name] = self._convert(element, name, event.outputs.get(child_name))
+        except RunFault as fault:
+            self._fail(new, element.id, str(fault))
+            return new
+        new.current = element.next
+        return new
+
+    def _take_fault(self, state: RunState, element: Element, message: str, *,
+                    status: int | None = None, connector: str | None = None) -> RunState:
+        state.status, state.waiting = "running", None
+        state.values["fault"] = {"element": element.id, "connector": connector,
+                                 "status": status, "message": message}
+        if element.fault:
+            state.current = element.fault
+        else:
+            self._fail(state, element.id, message)
+        return state
+
+    def _cancel(self, state: RunState) -> Step:
+        if state.finished:
+            return Step(state, (), ())
+        new = state.copy()
+        new.status, new.waiting, new.pending = "cancelled", None, None
+        return Step(new, (), ())
+
+    def _fail(self, state: RunState, element: str, message: str) -> None:
+        state.status = "failed"
+        state.error = {"element": element, "message": message}
+        state.waiting = None
+        state.pending = None
+
+    # -- values ---------------------------------------------------------------------
+    def _convert(self, element: Element, name: str, raw: Any) -> Any:
+        try:
+            return V.convert(self.flow.values[name].type, raw)
+        except V.ConversionError as exc:
+            raise RunFault(f"'{element.id}' cannot set value '{name}': {exc}") from None
+
+    def _operate(self, op: Operation, state: RunState) -> None:
+        values = state.values
+        root = str(op.path[0])
+        spec = self.flow.values[root]
+        nested = len(op.path) > 1
+        if op.op == "clear":
+            new = None if nested else V.empty(spec.type)
+        else:
+            argument = self._operand(op.operand, values) if op.operand else None
+            if op.op == "set":
+                new = argument
+            elif op.op == "append":
+                current = _get(values, op.path)
+                if current is not None and not isinstance(current, list):
+                    raise RunFault(f"cannot append to '{op.target}': it is {V.describe(current)}")
+                new = [*(current or []), V.normalize(argument)]
+            else:
+                new = self._arithmetic(op, _get(values, op.path), argument)
+        if nested:
+            _set_nested(values, op.path, V.normalize(new), op.target)
+            return
+        try:
+            values[root] = V.check_assignable(spec.type, new)
+        except V.ConversionError as exc:
+            raise RunFault(f"cannot set '{root}' ({spec.type}): {exc}") from None
+
+    def _arithmetic(self, op: Operation, current: Any, by: Any) -> Decimal:
+        if current is None:
+            current = Decimal(0)
+        if not V.is_number(current):
+            raise RunFault(f"cannot {op.op} on '{op.target}': it is {V.describe(current)}")
+        if not V.is_number(by):
+            raise RunFault(f"cannot {op.op} '{op.target}' by {V.describe(by)}")
+        a, b = V.to_decimal(current), V.to_decimal(by)
+        try:
+            if op.op == "add":
+                return a + b
+            if op.op == "subtract":
+                return a - b
+            if op.op == "multiply":
+                return a * b
+            if b == 0:
+                raise RunFault(f"division by zero in '{op.target}'")
+            return a / b
+        except DecimalException as exc:
+            raise RunFault(f"arithmetic error on '{op.target}': {type(exc).__name__}") from None
+
+    def _until(self, element: Element, scope: Mapping[str, Any], now: datetime) -> datetime:
+        if element.seconds is not None:
+            seconds = self._operand(element.seconds, scope)
+            if not V.is_number(seconds) or seconds < 0:
+                raise RunFault(f"wait seconds must be a number of at least 0, got "
+                               f"{V.describe(seconds)}")
+            return now + timedelta(seconds=float(seconds))
+        until = self._operand(element.until, scope) if element.until else None
+        if isinstance(until, str):
+            try:
+                until = V.parse_datetime(until)
+            except V.ConversionError as exc:
+                raise RunFault(f"wait until: {exc}") from None
+        if not isinstance(until, datetime):
+            raise RunFault(f"wait until must give a datetime, got {V.describe(until)}")
+        return until
+
+    def _rule(self, rule: Rule, scope: Mapping[str, Any]) -> bool:
+        if rule.op == "all":
+            return all(self._rule(r, scope) for r in rule.rules)
+        if rule.op == "any":
+            return any(self._rule(r, scope) for r in rule.rules)
+        if rule.op == "not":
+            return not self._rule(rule.rules[0], scope)
+        assert rule.left is not None and rule.right is not None
+        left = self._operand(rule.left, scope)
+        right = self._operand(rule.right, scope)
+        try:
+            return compare(rule.op, left, right)
+        except RuleError as exc:
+            raise RunFault(str(exc)) from None
+
+    def _operand(self, operand: Operand | None, scope: Mapping[str, Any]) -> Any:
+        if operand is None:
+            return None
+        kind = operand.kind
+        if kind == "literal":
+            return operand.value
+        if kind == "ref":
+            return _get(scope, operand.value)
+        assert operand.compiled is not None
+        result = self._call(operand.compiled, scope)
+        return result if kind == "template" else V.normalize(result)
+
+    def _text(self, operand: Operand, scope: Mapping[str, Any]) -> str:
+        value = self._operand(operand, scope)
+        return value if isinstance(value, str) else str(V.to_plain(value))
+
+    @staticmethod
+    def _call(compiled: Any, scope: Mapping[str, Any]) -> Any:
+        try:
+            return compiled(scope)
+        except ExpressionError as exc:
+            raise RunFault(f"{compiled.source!r}: {exc}") from None
+
+    def _render(self, tree: Any, scope: Mapping[str, Any]) -> Any:
+        if isinstance(tree, Operand):
+            return self._operand(tree, scope)
+        if isinstance(tree, dict):
+            return {k: self._render(v, scope) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [self._render(v, scope) for v in tree]
+        return tree
+
+
+def _get(scope: Mapping[str, Any], path: Iterable[str | int]) -> Any:
+    current: Any = scope
+    for part in path:
+        if isinstance(part, int) and isinstance(current, list):
+            current = current[part] if 0 <= part < len(current) else None
+        elif isinstance(current, Mapping):
+            current = current.get(str(part))
+        else:
+            return None
+    return current
+
+
+def _set_nested(values: dict[str, Any], path: tuple[str | int, ...], new: Any,
+                target: str) -> None:
+    root = str(path[0])
+    container = values.get(root)
+    if container is None:
+        container = [] if isinstance(path[1], int) else {}
+    else:
+        container = V.normalize(container)  # copy: never write through a shared object
+    values[root] = container
+    for i, part in enumerate(path[1:], start=1):
+        last = i == len(path) - 1
+        if isinstance(part, int):
+            if not isinstance(container, list) or not 0 <= part < len(container):
+                raise RunFault(f"cannot set '{target}': index {part} is out of range")
+            if last:
+                container[part] = new
+            else:
+                container = container[part]
+        else:
+            if not isinstance(container, dict):
+                raise RunFault(f"cannot set '{target}': {V.describe(container)} has no keys")
+            if last:
+                container[part] = new
+            else:
+                child = container.get(part)
+                if child is None:
+                    child = [] if isinstance(path[i + 1], int) else {}
+                    container[part] = child
+                container = child
+
+
+def _response_part(result: ConnectorResult, source: str) -> Any:
+    if source == "status":
+        return result.status
+    if source.startswith("headers."):
+        return result.headers.get(source[len("headers."):].lower())
+    rest = source[len("body"):]
+    parts: list[str | int] = []
+    for chunk in rest.replace("[", ".[").split("."):
+        if not chunk:
+            continue
+        parts.append(int(chunk[1:-1]) if chunk.startswith("[") else chunk)
+    return _get({"b": result.body}, ["b", *parts])
+
+
+def _header(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return V.format_number(value)
+    if value is None:
+        return ""
+    return str(V.to_plain(value))
+
+
+def _tree_names(tree: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(tree, Operand):
+        if tree.kind == "ref":
+            names.add(str(tree.value[0]))
+        elif tree.compiled is not None:
+            names |= tree.compiled.names
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            names |= _tree_names(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            names |= _tree_names(v)
+    return names
