@@ -1,0 +1,122 @@
+"""Schema migrations: an ordered list, one transaction each.
+
+Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.
+It runs inside ``BEGIN IMMEDIATE`` together with ``PRAGMA user_version = n``,
+so a process killed in the middle leaves either the old schema and the old
+number or the new schema and the new number: SQLite's DDL and the header
+field are part of the same transaction.
+
+Rules for adding one: append, never edit or reorder a shipped migration; use
+only statements that stay inside the transaction (sqlite-utils ``create`` and
+``create_index`` do; ``transform`` and ``enable_wal`` manage transactions
+themselves and must not be used here); keep each one fast, since it runs at
+start-up with the state directory locked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from sqlite_utils import Database
+
+from agent.errors import StoreError
+
+Migration = Callable[[Database], None]
+
+
+def _m001_initial(db: Database) -> None:
+    runs = db.create_table(
+        "runs",
+        {
+            "run_id": str,
+            "flow_id": str,
+            "version": int,
+            "status": str,
+            "parent_id": str,
+            "created_at": float,
+            "updated_at": float,
+            "wake_at": float,
+            # Last, so the small columns sit at the front of each row.
+            "state": str,
+        },
+        pk="run_id",
+        not_null={"flow_id", "version", "status", "created_at", "updated_at", "state"},
+    )
+    # Listing queries order by created_at, ties broken by rowid (insertion
+    # order); SQLite appends the rowid to every index, so these serve both
+    # the filter and the ORDER BY without a sort.  Partial indexes keep the
+    # hot insert/update path from maintaining entries nobody queries.
+    db.execute("CREATE INDEX runs_top ON runs (created_at) WHERE parent_id IS NULL")
+    runs.create_index(["status", "created_at"], index_name="runs_status")
+    runs.create_index(["flow_id", "created_at"], index_name="runs_flow")
+    db.execute(
+        "CREATE INDEX runs_parent ON runs (parent_id, created_at) WHERE parent_id IS NOT NULL"
+    )
+    db.execute("CREATE INDEX runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL")
+
+    db.create_table(
+        "flows",
+        {
+            "flow_id": str,
+            "version": int,
+            "sha256": str,
+            "active": int,
+            "signature": str,
+            "received_at": float,
+            "definition": str,
+        },
+        pk=("flow_id", "version"),
+        not_null={"sha256", "active", "received_at", "definition"},
+        defaults={"active": 0},
+    )
+    # The database itself holds "at most one active version per flow id".
+    db.execute("CREATE UNIQUE INDEX flows_one_active ON flows (flow_id) WHERE active = 1")
+
+    db.create_table("meta", {"key": str, "value": str}, pk="key", not_null={"value"})
+
+
+MIGRATIONS: Sequence[Migration] = (_m001_initial,)
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer flow-agent."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def apply_migrations(
+    db: Database, *, path: str, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
+    """Bring the schema up to ``len(migrations)``; return the version reached.
+
+    The connection must be in autocommit mode (``isolation_level=None``).
+    """
+    conn = db.conn
+    known = len(migrations)
+    found = schema_version(conn)
+    if found > known:
+        raise SchemaTooNew(
+            f"{path} has schema version {found}, but this flow-agent knows versions "
+            f"up to {known}: it was written by a newer flow-agent",
+            hint="upgrade flow-agent, or use another --state-dir",
+        )
+    for number in range(found + 1, known + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: the number we saw may be stale.
+            if schema_version(conn) >= number:
+                conn.execute("ROLLBACK")
+                continue
+            migrations[number - 1](db)
+            # PRAGMA takes no parameters; number is an int we computed.
+            conn.execute(f"PRAGMA user_version = {number:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return schema_version(conn)
