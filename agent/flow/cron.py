@@ -5,8 +5,20 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_MONTHS: Final = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
-                  "dec")
+_MONTHS: Final = (
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "may",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "oct",
+    "nov",
+    "dec",
+)
 _DAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _FIELDS: Final = (
     ("minute", 0, 59, ()),
@@ -37,8 +49,9 @@ def check_cron(expression: str) -> None:
     """Raise CronError naming the field when ``expression`` is not valid cron."""
     parts = expression.lower().split()
     if len(parts) != 5:
-        raise CronError(f"{expression!r} must have 5 fields (minute hour day month weekday), "
-                        f"not {len(parts)}")
+        raise CronError(
+            f"{expression!r} must have 5 fields (minute hour day month weekday), not {len(parts)}"
+        )
     for text, (field, low, high, names) in zip(parts, _FIELDS, strict=True):
         for item in text.split(","):
             match = _ITEM.fullmatch(item)

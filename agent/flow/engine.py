@@ -120,8 +120,9 @@ def convert_inputs(flow: Flow, inputs: Mapping[str, Any]) -> dict[str, Any]:
 class Engine:
     """Executes one flow version.  Cheap to keep: build once per version."""
 
-    def __init__(self, flow: Flow, *, max_steps: int = DEFAULT_MAX_STEPS,
-                 clock: Callable[[], float] = _zero) -> None:
+    def __init__(
+        self, flow: Flow, *, max_steps: int = DEFAULT_MAX_STEPS, clock: Callable[[], float] = _zero
+    ) -> None:
         self.flow = flow
         self.max_steps = max_steps
         self.clock = clock
@@ -130,20 +131,34 @@ class Engine:
         )
 
     # -- entry points ----------------------------------------------------------
-    def start(self, run_id: str, inputs: Mapping[str, Any], *, now: datetime,
-              secrets: Mapping[str, str], parent: dict[str, Any] | None = None) -> Step:
+    def start(
+        self,
+        run_id: str,
+        inputs: Mapping[str, Any],
+        *,
+        now: datetime,
+        secrets: Mapping[str, str],
+        parent: dict[str, Any] | None = None,
+    ) -> Step:
         converted = convert_inputs(self.flow, inputs)
         values: dict[str, Any] = {"fault": None}
         for name, spec in self.flow.values.items():
             if spec.type != "secret":
                 values[name] = V.normalize(spec.default)
         values.update(converted)
-        state = RunState(run_id, self.flow.id, self.flow.version, values=values,
-                         current=self.flow.start, parent=parent)
+        state = RunState(
+            run_id,
+            self.flow.id,
+            self.flow.version,
+            values=values,
+            current=self.flow.start,
+            parent=parent,
+        )
         return self._advance(state, now, secrets)
 
-    def feed(self, state: RunState, event: Event, *, now: datetime,
-             secrets: Mapping[str, str]) -> Step:
+    def feed(
+        self, state: RunState, event: Event, *, now: datetime, secrets: Mapping[str, str]
+    ) -> Step:
         """Apply ``event`` to a copy of ``state``; the original is never changed."""
         if isinstance(event, Cancel):
             return self._cancel(state)
@@ -168,8 +183,9 @@ class Engine:
             raise EngineMisuse(f"unknown event {event!r}")
         return self._advance(new, now, secrets)
 
-    def pending_commands(self, state: RunState, *, now: datetime,
-                         secrets: Mapping[str, str]) -> Step:
+    def pending_commands(
+        self, state: RunState, *, now: datetime, secrets: Mapping[str, str]
+    ) -> Step:
         """What to (re)do for a run loaded from the store, e.g. after a crash.
 
         A connector call is rebuilt with the same idempotency key; a child run
@@ -219,8 +235,12 @@ class Engine:
         while state.status == "running" and state.pending is None and state.current:
             element = elements[state.current]
             if len(state.path) >= self.max_steps:
-                self._fail(state, element.id, f"the run visited more than {self.max_steps} "
-                           "elements (max_steps); does a loop never exit?")
+                self._fail(
+                    state,
+                    element.id,
+                    f"the run visited more than {self.max_steps} "
+                    "elements (max_steps); does a loop never exit?",
+                )
                 break
             state.path.append(element.id)
             visit = len(state.path)
@@ -232,8 +252,15 @@ class Engine:
             visits.append(Visit(element.id, visit, element.type, started, self.clock()))
         return Step(state, tuple(commands), tuple(visits))
 
-    def _execute(self, element: Element, state: RunState, visit: int, now: datetime,
-                 secrets: Mapping[str, str], commands: list[Command]) -> str | None:
+    def _execute(
+        self,
+        element: Element,
+        state: RunState,
+        visit: int,
+        now: datetime,
+        secrets: Mapping[str, str],
+        commands: list[Command],
+    ) -> str | None:
         kind = element.type
         if kind == "decision":
             for outcome in element.outcomes:
@@ -246,16 +273,23 @@ class Engine:
             return element.next
         if kind == "end":
             if element.status == "failed":
-                message = (self._text(element.message, state.values) if element.message
-                           else "the flow ended as failed")
+                message = (
+                    self._text(element.message, state.values)
+                    if element.message
+                    else "the flow ended as failed"
+                )
                 state.status = "failed"
                 state.error = {"element": element.id, "message": message}
             else:
                 state.status = "completed"
             return element.id
         if kind == "message":
-            state.pending = {"kind": "connector", "element": element.id, "visit": visit,
-                             "key": idempotency_key(state.run_id, visit)}
+            state.pending = {
+                "kind": "connector",
+                "element": element.id,
+                "visit": visit,
+                "key": idempotency_key(state.run_id, visit),
+            }
             commands.append(self._connector_command(element, state, visit, secrets))
             return element.id
         if kind in ("page", "step"):
@@ -270,30 +304,56 @@ class Engine:
             commands.append(WaitUntil(until=until))
             return element.id
         if kind == "subflow":
-            state.pending = {"kind": "subflow", "element": element.id, "visit": visit,
-                             "child": f"{state.run_id}.{visit}"}
+            state.pending = {
+                "kind": "subflow",
+                "element": element.id,
+                "visit": visit,
+                "child": f"{state.run_id}.{visit}",
+            }
             commands.append(self._child_command(element, state, visit))
             state.status = "waiting"
-            state.waiting = self._waiting(element, state, visit, "subflow",
-                                          child=state.pending["child"])
+            state.waiting = self._waiting(
+                element, state, visit, "subflow", child=state.pending["child"]
+            )
             return element.id
         raise RunFault(f"unknown element type {kind!r}")  # pragma: no cover
 
     # -- people ------------------------------------------------------------------
-    def _waiting(self, element: Element, state: RunState, visit: int, kind: str,
-                 **extra: Any) -> dict[str, Any]:
-        return {"element": element.id, "kind": kind, "state_token": state_token(state.run_id, visit),
-                "outcomes": [], "fields": [], "until": None, "visit": visit, **extra}
+    def _waiting(
+        self, element: Element, state: RunState, visit: int, kind: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "element": element.id,
+            "kind": kind,
+            "state_token": state_token(state.run_id, visit),
+            "outcomes": [],
+            "fields": [],
+            "until": None,
+            "visit": visit,
+            **extra,
+        }
 
     def _wait_for_person(self, element: Element, state: RunState, visit: int) -> None:
         fields = []
         for f in element.fields:
             spec = self.flow.values[f.value]
-            fields.append({"value": f.value, "label": f.label, "required": f.required,
-                           "type": spec.type, "current": state.values.get(f.value)})
-        waiting = self._waiting(element, state, visit, "input", fields=fields, outcomes=[
-            {"id": o.id, "label": o.label or o.id} for o in element.outcomes
-        ])
+            fields.append(
+                {
+                    "value": f.value,
+                    "label": f.label,
+                    "required": f.required,
+                    "type": spec.type,
+                    "current": state.values.get(f.value),
+                }
+            )
+        waiting = self._waiting(
+            element,
+            state,
+            visit,
+            "input",
+            fields=fields,
+            outcomes=[{"id": o.id, "label": o.label or o.id} for o in element.outcomes],
+        )
         if element.title is not None:
             waiting["title"] = self._text(element.title, state.values)
         if element.content is not None:
@@ -305,24 +365,31 @@ class Engine:
         waiting = state.waiting
         if state.status != "waiting" or not waiting or waiting.get("kind") != "input":
             kind = waiting.get("kind") if waiting else None
-            raise AnswerRefused("not_waiting", f"run {state.run_id} is {state.status}"
-                                + (f" (waiting on a {kind})" if kind else "")
-                                + ", not waiting for a person")
+            raise AnswerRefused(
+                "not_waiting",
+                f"run {state.run_id} is {state.status}"
+                + (f" (waiting on a {kind})" if kind else "")
+                + ", not waiting for a person",
+            )
         if answer.state_token is not None and answer.state_token != waiting["state_token"]:
-            raise AnswerRefused("stale_token", "this run has moved on since that page was shown "
-                                "(stale state token); reload it and try again")
+            raise AnswerRefused(
+                "stale_token",
+                "this run has moved on since that page was shown "
+                "(stale state token); reload it and try again",
+            )
         element = self.flow.elements[waiting["element"]]
         outcome = next((o for o in element.outcomes if o.id == answer.outcome), None)
         if outcome is None:
             ids = ", ".join(str(o.id) for o in element.outcomes)
-            raise AnswerRefused("unknown_outcome", f"'{answer.outcome}' is not an outcome of "
-                                f"'{element.id}' (choose one of: {ids})")
+            raise AnswerRefused(
+                "unknown_outcome",
+                f"'{answer.outcome}' is not an outcome of '{element.id}' (choose one of: {ids})",
+            )
         declared = {f.value: f for f in element.fields}
         converted: dict[str, Any] = {}
         for name, raw in answer.fields.items():
             if name not in declared:
-                raise AnswerRefused("unknown_field", f"'{name}' is not a field of "
-                                    f"'{element.id}'")
+                raise AnswerRefused("unknown_field", f"'{name}' is not a field of '{element.id}'")
             try:
                 converted[name] = V.convert(self.flow.values[name].type, raw)
             except V.ConversionError as exc:
@@ -337,13 +404,16 @@ class Engine:
         return new
 
     # -- connectors and children -------------------------------------------------------
-    def _connector_command(self, element: Element, state: RunState, visit: int,
-                           secrets: Mapping[str, str]) -> CallConnector:
+    def _connector_command(
+        self, element: Element, state: RunState, visit: int, secrets: Mapping[str, str]
+    ) -> CallConnector:
         connector = self.flow.connectors[element.connector or ""]
         scope = state.values
         secret_scope, redact = self._secret_scope(connector.headers, secrets)
-        headers = {k: _header(v) for k, v in self._render(connector.headers,
-                                                          {**scope, **secret_scope}).items()}
+        headers = {
+            k: _header(v)
+            for k, v in self._render(connector.headers, {**scope, **secret_scope}).items()
+        }
         if element.headers:
             headers.update({k: _header(v) for k, v in self._render(element.headers, scope).items()})
         action = element.action or ""
@@ -353,21 +423,33 @@ class Engine:
         query = None
         if element.query is not None:
             query = {k: _header(v) for k, v in self._render(element.query, scope).items()}
-        return CallConnector(request=ConnectorRequest(
-            run_id=state.run_id, element=element.id, connector=connector.name,
-            connector_type=connector.type, config=connector.config, action=action,
-            body=V.to_plain(self._render(element.body, scope)) if element.body is not None
-            else None,
-            query=query, headers=headers,
-            inputs=V.to_plain(self._render(element.inputs, scope)) if element.inputs is not None
-            else None,
-            timeout=float(element.timeout or connector.timeout or DEFAULT_TIMEOUT),
-            retry=RetryPolicy(attempts=element.retry_attempts, backoff=element.retry_backoff),
-            idempotency_key=idempotency_key(state.run_id, visit), redact=redact, visit=visit,
-        ))
+        return CallConnector(
+            request=ConnectorRequest(
+                run_id=state.run_id,
+                element=element.id,
+                connector=connector.name,
+                connector_type=connector.type,
+                config=connector.config,
+                action=action,
+                body=V.to_plain(self._render(element.body, scope))
+                if element.body is not None
+                else None,
+                query=query,
+                headers=headers,
+                inputs=V.to_plain(self._render(element.inputs, scope))
+                if element.inputs is not None
+                else None,
+                timeout=float(element.timeout or connector.timeout or DEFAULT_TIMEOUT),
+                retry=RetryPolicy(attempts=element.retry_attempts, backoff=element.retry_backoff),
+                idempotency_key=idempotency_key(state.run_id, visit),
+                redact=redact,
+                visit=visit,
+            )
+        )
 
-    def _secret_scope(self, tree: Any, secrets: Mapping[str, str]) -> tuple[dict[str, str],
-                                                                             tuple[str, ...]]:
+    def _secret_scope(
+        self, tree: Any, secrets: Mapping[str, str]
+    ) -> tuple[dict[str, str], tuple[str, ...]]:
         names = _tree_names(tree)
         scope: dict[str, str] = {}
         for name in names:
@@ -376,16 +458,18 @@ class Engine:
                 continue
             secret = secrets.get(spec.secret)
             if secret is None:
-                raise RunFault(f"secret '{spec.secret}' (value '{name}') is not in the agent's "
-                               "secret store")
+                raise RunFault(
+                    f"secret '{spec.secret}' (value '{name}') is not in the agent's secret store"
+                )
             scope[name] = secret
         return scope, tuple(v for v in scope.values() if v)
 
     def _connector_done(self, state: RunState, event: ConnectorDone) -> RunState:
         pending = state.pending
         if not pending or pending["kind"] != "connector" or pending["visit"] != event.visit:
-            raise EngineMisuse(f"run {state.run_id} is not waiting for connector visit "
-                               f"{event.visit}")
+            raise EngineMisuse(
+                f"run {state.run_id} is not waiting for connector visit {event.visit}"
+            )
         new = state.copy()
         new.pending = None
         element = self.flow.elements[pending["element"]]
@@ -396,13 +480,17 @@ class Engine:
             new.waiting = self._waiting(element, new, event.visit, "callback")
             return new
         if not result.ok:
-            return self._take_fault(new, element, result.message, status=result.status,
-                                    connector=element.connector)
+            return self._take_fault(
+                new, element, result.message, status=result.status, connector=element.connector
+            )
         connector = self.flow.connectors[element.connector or ""]
         try:
             for name, source in element.outputs.items():
-                raw = _response_part(result, source) if connector.type == "http" else (
-                    (result.outputs or {}).get(source))
+                raw = (
+                    _response_part(result, source)
+                    if connector.type == "http"
+                    else ((result.outputs or {}).get(source))
+                )
                 new.values[name] = self._convert(element, name, raw)
         except RunFault as fault:
             self._fail(new, element.id, str(fault))
@@ -412,14 +500,20 @@ class Engine:
 
     def _child_command(self, element: Element, state: RunState, visit: int) -> StartChild:
         inputs = self._render(element.inputs, state.values) if element.inputs is not None else {}
-        return StartChild(element=element.id, visit=visit, child_run_id=f"{state.run_id}.{visit}",
-                          flow_id=element.flow or "", inputs=inputs)
+        return StartChild(
+            element=element.id,
+            visit=visit,
+            child_run_id=f"{state.run_id}.{visit}",
+            flow_id=element.flow or "",
+            inputs=inputs,
+        )
 
     def _child_finished(self, state: RunState, event: ChildFinished) -> RunState:
         pending = state.pending
         if not pending or pending["kind"] != "subflow" or pending["visit"] != event.visit:
-            raise EngineMisuse(f"run {state.run_id} is not waiting for a child at visit "
-                               f"{event.visit}")
+            raise EngineMisuse(
+                f"run {state.run_id} is not waiting for a child at visit {event.visit}"
+            )
         new = state.copy()
         new.pending, new.waiting, new.status = None, None, "running"
         element = self.flow.elements[pending["element"]]
@@ -435,11 +529,22 @@ class Engine:
         new.current = element.next
         return new
 
-    def _take_fault(self, state: RunState, element: Element, message: str, *,
-                    status: int | None = None, connector: str | None = None) -> RunState:
+    def _take_fault(
+        self,
+        state: RunState,
+        element: Element,
+        message: str,
+        *,
+        status: int | None = None,
+        connector: str | None = None,
+    ) -> RunState:
         state.status, state.waiting = "running", None
-        state.values["fault"] = {"element": element.id, "connector": connector,
-                                 "status": status, "message": message}
+        state.values["fault"] = {
+            "element": element.id,
+            "connector": connector,
+            "status": status,
+            "message": message,
+        }
         if element.fault:
             state.current = element.fault
         else:
@@ -517,8 +622,9 @@ class Engine:
         if element.seconds is not None:
             seconds = self._operand(element.seconds, scope)
             if not V.is_number(seconds) or seconds < 0:
-                raise RunFault(f"wait seconds must be a number of at least 0, got "
-                               f"{V.describe(seconds)}")
+                raise RunFault(
+                    f"wait seconds must be a number of at least 0, got {V.describe(seconds)}"
+                )
             return now + timedelta(seconds=float(seconds))
         until = self._operand(element.until, scope) if element.until else None
         if isinstance(until, str):
@@ -590,8 +696,7 @@ def _get(scope: Mapping[str, Any], path: Iterable[str | int]) -> Any:
     return current
 
 
-def _set_nested(values: dict[str, Any], path: tuple[str | int, ...], new: Any,
-                target: str) -> None:
+def _set_nested(values: dict[str, Any], path: tuple[str | int, ...], new: Any, target: str) -> None:
     root = str(path[0])
     container = values.get(root)
     if container is None:
@@ -625,8 +730,8 @@ def _response_part(result: ConnectorResult, source: str) -> Any:
     if source == "status":
         return result.status
     if source.startswith("headers."):
-        return result.headers.get(source[len("headers."):].lower())
-    rest = source[len("body"):]
+        return result.headers.get(source[len("headers.") :].lower())
+    rest = source[len("body") :]
     parts: list[str | int] = []
     for chunk in rest.replace("[", ".[").split("."):
         if not chunk:

@@ -18,10 +18,10 @@ from decimal import Decimal, DecimalException
 from typing import Any, Final
 
 from jinja2 import ChainableUndefined, TemplateError, meta, nodes
-from jinja2.visitor import NodeTransformer
 from jinja2.environment import Template, TemplateExpression
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
 from .values import format_number, to_decimal
 
@@ -65,9 +65,9 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "*":
             for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(count, int | Decimal):
-                    if _size(seq) * int(count) > MAX_SEQUENCE:
-                        raise SecurityError("a repetition this large is not allowed")
+                repeats = isinstance(seq, str | list | tuple) and isinstance(count, int | Decimal)
+                if repeats and _size(seq) * int(count) > MAX_SEQUENCE:
+                    raise SecurityError("a repetition this large is not allowed")
             return operator.mul(left, right)
         if operator_ == "**":
             if isinstance(right, int | Decimal) and abs(right) > MAX_EXPONENT:
@@ -97,7 +97,7 @@ ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__"})
 class _FloatsToDecimals(NodeTransformer):
     """``1.2`` in a source becomes ``__decimal__('1.2')``."""
 
-    def visit_Const(self, node: nodes.Const) -> nodes.Node:  # noqa: N802 (jinja's naming)
+    def visit_Const(self, node: nodes.Const) -> nodes.Node:
         if isinstance(node.value, float):
             call = nodes.Call(
                 nodes.Name("__decimal__", "load"), [nodes.Const(repr(node.value))], [], None, None
@@ -149,7 +149,9 @@ def compile_expression(source: str) -> Compiled:
         parser = Parser(ENV, source, state="variable")
         expr = parser.parse_expression()
         if not parser.stream.eos:
-            raise ExpressionError(f"unexpected {parser.stream.current.value!r} after the expression")
+            raise ExpressionError(
+                f"unexpected {parser.stream.current.value!r} after the expression"
+            )
         body = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr)], lineno=1)
         tree = _FloatsToDecimals().visit(body)
         tree.set_environment(ENV)

@@ -40,16 +40,37 @@ from .schema import (
 CONNECTOR_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ACTION: Final = re.compile(r"([A-Z]+) (/.*)")
-_HTTP_OUTPUT: Final = re.compile(r"status|headers\.[A-Za-z0-9_-]+|body((\.[A-Za-z0-9_-]+)|(\[\d+\]))*")
+_HTTP_OUTPUT: Final = re.compile(
+    r"status|headers\.[A-Za-z0-9_-]+|body((\.[A-Za-z0-9_-]+)|(\[\d+\]))*"
+)
 TOP_FIELDS: Final = (
-    "format", "id", "name", "version", "values", "connectors", "triggers", "start", "elements",
+    "format",
+    "id",
+    "name",
+    "version",
+    "values",
+    "connectors",
+    "triggers",
+    "start",
+    "elements",
 )
 COMMON: Final = ("type", "label")
 ELEMENT_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "decision": ("outcomes",),
     "operator": ("operations", "next"),
-    "message": ("connector", "action", "body", "query", "headers", "inputs", "outputs", "retry",
-                "timeout", "next", "fault"),
+    "message": (
+        "connector",
+        "action",
+        "body",
+        "query",
+        "headers",
+        "inputs",
+        "outputs",
+        "retry",
+        "timeout",
+        "next",
+        "fault",
+    ),
     "page": ("title", "content", "fields", "outcomes"),
     "step": ("content", "outcomes"),
     "wait": ("seconds", "until", "next"),
@@ -60,17 +81,28 @@ LEAVES_BY_NEXT: Final = frozenset({"operator", "message", "wait", "subflow"})
 LEAVES_BY_OUTCOMES: Final = frozenset({"decision", "page", "step"})
 ARITHMETIC: Final = ("add", "subtract", "multiply", "divide")
 OPERATIONS: Final[Mapping[str, str | None]] = {
-    "set": "to", "add": "by", "subtract": "by", "multiply": "by", "divide": "by",
-    "append": "item", "clear": None,
+    "set": "to",
+    "add": "by",
+    "subtract": "by",
+    "multiply": "by",
+    "divide": "by",
+    "append": "item",
+    "clear": None,
 }
 
 
 class ConnectorType:
     """What a connector type accepts: in its definition and on message elements."""
 
-    def __init__(self, *, config: tuple[str, ...], required: tuple[str, ...],
-                 element_fields: tuple[str, ...], action: re.Pattern[str] | None = None,
-                 outputs: re.Pattern[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: tuple[str, ...],
+        required: tuple[str, ...],
+        element_fields: tuple[str, ...],
+        action: re.Pattern[str] | None = None,
+        outputs: re.Pattern[str] | None = None,
+    ) -> None:
         self.config = config
         self.required = required
         self.element_fields = element_fields
@@ -122,15 +154,19 @@ class FlowParser:
         self.c.obj(doc, root, allowed=TOP_FIELDS, required=("format", "id", "start", "elements"))
         if "format" in doc and doc["format"] != FORMAT:
             self.c.error(root / "format", f"must be {FORMAT!r}, got {doc['format']!r}")
-        flow_id = self.c.string(doc["id"], root / "id", pattern=SLUG, what="flow id") \
-            if "id" in doc else None
+        flow_id = (
+            self.c.string(doc["id"], root / "id", pattern=SLUG, what="flow id")
+            if "id" in doc
+            else None
+        )
         name = doc.get("name")
         if name is not None:
             self.c.string(name, root / "name")
         version = 0
         if "version" in doc:
-            version = self.c.integer(doc["version"], root / "version", minimum=1,
-                                     maximum=2**53) or 0
+            version = (
+                self.c.integer(doc["version"], root / "version", minimum=1, maximum=2**53) or 0
+            )
         values = self._values(doc.get("values", {}), root / "values")
         self._connectors(doc.get("connectors", {}), root / "connectors")
         raw_elements = doc.get("elements")
@@ -144,9 +180,16 @@ class FlowParser:
         if self.c.issues or flow_id is None:
             return None
         return Flow(
-            id=flow_id, version=version, name=name if isinstance(name, str) else None,
-            start=str(start), values=values, connectors=self.connectors, elements=elements,
-            triggers=triggers, definition=doc, sha256=flow_sha256(doc),
+            id=flow_id,
+            version=version,
+            name=name if isinstance(name, str) else None,
+            start=str(start),
+            values=values,
+            connectors=self.connectors,
+            elements=elements,
+            triggers=triggers,
+            definition=doc,
+            sha256=flow_sha256(doc),
         )
 
     def _values(self, raw: Any, path: Path) -> dict[str, ValueDef]:
@@ -161,29 +204,35 @@ class FlowParser:
             if name == "fault":
                 self.c.error(here, "'fault' is reserved for the built-in fault value")
                 continue
-            body = self.c.obj(spec, here, allowed=("type", "access", "default", "secret"),
-                              required=("type",))
+            body = self.c.obj(
+                spec, here, allowed=("type", "access", "default", "secret"), required=("type",)
+            )
             if body is None or "type" not in body:
                 continue
             type_ = body["type"]
             if type_ not in V.TYPES:
-                self.c.error(here / "type", f"unknown type {type_!r} (one of: "
-                             f"{', '.join(sorted(V.TYPES))})")
+                self.c.error(
+                    here / "type", f"unknown type {type_!r} (one of: {', '.join(sorted(V.TYPES))})"
+                )
                 continue
             access = body.get("access", "private")
             if access not in V.ACCESS:
-                self.c.error(here / "access", f"unknown access {access!r} (one of: "
-                             f"{', '.join(sorted(V.ACCESS))})")
+                self.c.error(
+                    here / "access",
+                    f"unknown access {access!r} (one of: {', '.join(sorted(V.ACCESS))})",
+                )
                 continue
             secret = None
             default = None
             if type_ == "secret":
                 if "secret" not in body:
-                    self.c.error(here, "a secret value needs 'secret': the name in the agent's "
-                                 "secret store")
+                    self.c.error(
+                        here, "a secret value needs 'secret': the name in the agent's secret store"
+                    )
                 else:
-                    secret = self.c.string(body["secret"], here / "secret", pattern=SECRET_NAME,
-                                           what="secret name")
+                    secret = self.c.string(
+                        body["secret"], here / "secret", pattern=SECRET_NAME, what="secret name"
+                    )
                 if "default" in body:
                     self.c.error(here / "default", "a secret value cannot have a default")
                 if access != "private":
@@ -213,8 +262,11 @@ class FlowParser:
                 continue
             kind = CONNECTOR_TYPES.get(spec["type"]) if isinstance(spec["type"], str) else None
             if kind is None:
-                self.c.error(here / "type", f"unknown connector type {spec['type']!r} (one of: "
-                             f"{', '.join(sorted(CONNECTOR_TYPES))})")
+                self.c.error(
+                    here / "type",
+                    f"unknown connector type {spec['type']!r} (one of: "
+                    f"{', '.join(sorted(CONNECTOR_TYPES))})",
+                )
                 continue
             self.c.obj(spec, here, allowed=kind.config, required=kind.required)
             headers: dict[str, Any] = {}
@@ -226,15 +278,17 @@ class FlowParser:
                     self.c.error(here / "base_url", "must be an http:// or https:// URL")
             timeout = None
             if "timeout" in spec:
-                timeout = self.c.number(spec["timeout"], here / "timeout", minimum=0,
-                                        maximum=3600, exclusive_min=True)
+                timeout = self.c.number(
+                    spec["timeout"], here / "timeout", minimum=0, maximum=3600, exclusive_min=True
+                )
             config = {k: v for k, v in spec.items() if k not in ("headers", "type")}
             self.connectors[name] = Connector(name, spec["type"], config, headers, timeout)
 
     def _headers(self, raw: Any, path: Path, *, secrets: bool) -> dict[str, Any]:
         if not isinstance(raw, dict):
-            self.c.error(path, f"expected an object of header names to strings, got "
-                         f"{V.describe(raw)}")
+            self.c.error(
+                path, f"expected an object of header names to strings, got {V.describe(raw)}"
+            )
             return {}
         scope = Scope(self.value_types, allow_secrets=secrets)
         return {k: parse_render(self.c, path / k, v, scope) for k, v in raw.items()}
@@ -264,11 +318,12 @@ class FlowParser:
                     self.c.error(here / "webhook", "must be true")
                 secret = None
                 if "secret" in spec:
-                    secret = self.c.string(spec["secret"], here / "secret", pattern=SECRET_NAME,
-                                           what="secret name")
+                    secret = self.c.string(
+                        spec["secret"], here / "secret", pattern=SECRET_NAME, what="secret name"
+                    )
                 out.append(Trigger(webhook=True, secret=secret))
             else:
-                self.c.error(here, "a trigger is {\"schedule\": CRON} or {\"webhook\": true}")
+                self.c.error(here, 'a trigger is {"schedule": CRON} or {"webhook": true}')
         return tuple(out)
 
     def _timezone(self, name: Any, path: Path) -> bool:
@@ -320,8 +375,10 @@ class FlowParser:
             if "type" not in spec:
                 self.c.error(path, "missing required field 'type'")
             else:
-                self.c.error(path / "type", f"unknown element type {type_!r} (one of: "
-                             f"{', '.join(ELEMENT_FIELDS)})")
+                self.c.error(
+                    path / "type",
+                    f"unknown element type {type_!r} (one of: {', '.join(ELEMENT_FIELDS)})",
+                )
             return None
         allowed = COMMON + ELEMENT_FIELDS[type_]
         self.c.obj(spec, path, allowed=allowed)
@@ -330,15 +387,17 @@ class FlowParser:
             fields["label"] = self.c.string(spec["label"], path / "label")
         if type_ in LEAVES_BY_NEXT:
             if "next" not in spec:
-                self.c.error(path, "missing required field 'next' (every element but end must "
-                             "leave)")
+                self.c.error(
+                    path, "missing required field 'next' (every element but end must leave)"
+                )
             else:
                 fields["next"] = self._target(spec["next"], path / "next")
         if "fault" in spec and "fault" in ELEMENT_FIELDS[type_]:
             fields["fault"] = self._target(spec["fault"], path / "fault")
         if type_ in LEAVES_BY_OUTCOMES:
-            fields["outcomes"] = self._outcomes(spec.get("outcomes"), path / "outcomes",
-                                                buttons=type_ != "decision")
+            fields["outcomes"] = self._outcomes(
+                spec.get("outcomes"), path / "outcomes", buttons=type_ != "decision"
+            )
         extra = getattr(self, f"_el_{type_}")(spec, path)
         if extra is None:
             return None
@@ -348,8 +407,10 @@ class FlowParser:
     def _outcomes(self, raw: Any, path: Path, *, buttons: bool) -> tuple[Outcome, ...]:
         if not isinstance(raw, list) or not raw:
             if raw is None:
-                self.c.error(path.parts and Path(path.parts[:-1]) or path,
-                             "missing required field 'outcomes' (every element but end must leave)")
+                self.c.error(
+                    (path.parts and Path(path.parts[:-1])) or path,
+                    "missing required field 'outcomes' (every element but end must leave)",
+                )
             else:
                 self.c.error(path, "expected a non-empty list of outcomes")
             return ()
@@ -359,13 +420,16 @@ class FlowParser:
         for i, spec in enumerate(raw):
             here = path / i
             allowed = ("id", "label", "next") if buttons else ("id", "label", "next", "when")
-            body = self.c.obj(spec, here, allowed=allowed,
-                              required=("id", "next") if buttons else ("next",))
+            body = self.c.obj(
+                spec, here, allowed=allowed, required=("id", "next") if buttons else ("next",)
+            )
             if body is None:
                 continue
             oid = body.get("id")
-            if oid is not None and self.c.string(oid, here / "id", pattern=SLUG,
-                                                 what="outcome id") is not None:
+            if (
+                oid is not None
+                and self.c.string(oid, here / "id", pattern=SLUG, what="outcome id") is not None
+            ):
                 if oid in seen:
                     self.c.error(here / "id", f"duplicate outcome id {oid!r}")
                 seen.add(oid)
@@ -377,8 +441,14 @@ class FlowParser:
             if "when" in body and not buttons:
                 when = parse_rule(self.c, here / "when", body["when"], scope)
             if target is not None:
-                out.append(Outcome(target, oid if isinstance(oid, str) else None,
-                                   label if isinstance(label, str) else None, when))
+                out.append(
+                    Outcome(
+                        target,
+                        oid if isinstance(oid, str) else None,
+                        label if isinstance(label, str) else None,
+                        when,
+                    )
+                )
         return tuple(out)
 
     def _el_decision(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -391,8 +461,9 @@ class FlowParser:
             self.c.error(path / "status", f"must be 'completed' or 'failed', got {status!r}")
         out["status"] = status
         if "message" in spec:
-            out["message"] = template(self.c, path / "message", spec["message"],
-                                      Scope(self.value_types))
+            out["message"] = template(
+                self.c, path / "message", spec["message"], Scope(self.value_types)
+            )
         return out
 
     def _el_page(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -409,8 +480,9 @@ class FlowParser:
         seen: set[str] = set()
         for i, item in enumerate(raw):
             here = path / "fields" / i
-            body = self.c.obj(item, here, allowed=("value", "label", "required"),
-                              required=("value",))
+            body = self.c.obj(
+                item, here, allowed=("value", "label", "required"), required=("value",)
+            )
             if body is None or "value" not in body:
                 continue
             name = body["value"]
@@ -436,8 +508,11 @@ class FlowParser:
 
     def _el_step(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
         if "content" in spec:
-            return {"content": template(self.c, path / "content", spec["content"],
-                                        Scope(self.value_types))}
+            return {
+                "content": template(
+                    self.c, path / "content", spec["content"], Scope(self.value_types)
+                )
+            }
         return {}
 
     def _el_wait(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -451,8 +526,9 @@ class FlowParser:
             if V.is_number(raw):
                 self.c.number(raw, path / "seconds", minimum=0, maximum=10 * 365 * 86400)
             elif not isinstance(raw, dict):
-                self.c.error(path / "seconds", f"expected a number of seconds, got "
-                             f"{V.describe(raw)}")
+                self.c.error(
+                    path / "seconds", f"expected a number of seconds, got {V.describe(raw)}"
+                )
                 return {}
             return {"seconds": parse_operand(self.c, path / "seconds", raw, scope)}
         return {"until": parse_operand(self.c, path / "until", spec["until"], scope)}
@@ -475,8 +551,7 @@ class FlowParser:
             return None
         op = kinds[0]
         arg = OPERATIONS[op]
-        self.c.obj(raw, path, allowed=(op, arg) if arg else (op,),
-                   required=(arg,) if arg else ())
+        self.c.obj(raw, path, allowed=(op, arg) if arg else (op,), required=(arg,) if arg else ())
         scope = Scope(self.value_types)
         target_path = parse_ref(self.c, path / op, raw[op], scope)
         if target_path is None:
@@ -488,8 +563,7 @@ class FlowParser:
             return None
         nested = len(target_path) > 1
         if nested and root_type not in ("object", "list"):
-            self.c.error(path / op, f"{root!r} is a {root_type}: only objects and lists have "
-                         f"parts")
+            self.c.error(path / op, f"{root!r} is a {root_type}: only objects and lists have parts")
             return None
         if not nested and op in ARITHMETIC and root_type != "number":
             self.c.error(path / op, f"{op} needs a number value, {root!r} is a {root_type}")
@@ -503,8 +577,11 @@ class FlowParser:
                     V.check_assignable(root_type, operand.value)
                 except V.ConversionError as exc:
                     self.c.error(path / arg, f"cannot set {root!r}: {exc}")
-            if operand is not None and operand.kind == "literal" and op in ARITHMETIC and (
-                not V.is_number(operand.value)
+            if (
+                operand is not None
+                and operand.kind == "literal"
+                and op in ARITHMETIC
+                and (not V.is_number(operand.value))
             ):
                 self.c.error(path / arg, f"{op} needs a number, got {V.describe(operand.value)}")
         return Operation(op, str(raw[op]), target_path, operand)
@@ -526,8 +603,9 @@ class FlowParser:
             if self.c.string(source, here) is None:
                 continue
             if pattern is not None and not pattern.fullmatch(source):
-                self.c.error(here, f"{source!r} is not one of status, headers.NAME, body, "
-                             "body.PATH")
+                self.c.error(
+                    here, f"{source!r} is not one of status, headers.NAME, body, body.PATH"
+                )
                 continue
             out[name] = source
         return out
@@ -546,8 +624,11 @@ class FlowParser:
         if kind is not None:
             for key in ("body", "query", "headers", "inputs"):
                 if key in spec and key not in kind.element_fields:
-                    self.c.error(path / key, f"a {connector.type} connector takes no "  # type: ignore[union-attr]
-                                 f"'{key}' (it takes: {', '.join(kind.element_fields)})")
+                    self.c.error(
+                        path / key,
+                        f"a {connector.type} connector takes no "  # type: ignore[union-attr]
+                        f"'{key}' (it takes: {', '.join(kind.element_fields)})",
+                    )
         action = spec.get("action")
         if "action" not in spec:
             self.c.error(path, "missing required field 'action'")
@@ -561,20 +642,30 @@ class FlowParser:
         if "headers" in spec:
             out["headers"] = self._headers(spec["headers"], path / "headers", secrets=False)
         if "outputs" in spec:
-            out["outputs"] = self._outputs(spec["outputs"], path / "outputs",
-                                           kind.outputs if kind else None)
+            out["outputs"] = self._outputs(
+                spec["outputs"], path / "outputs", kind.outputs if kind else None
+            )
         if "retry" in spec:
             body = self.c.obj(spec["retry"], path / "retry", allowed=("attempts", "backoff"))
             if body is not None:
                 if "attempts" in body:
-                    out["retry_attempts"] = self.c.integer(body["attempts"], path / "retry" /
-                                                           "attempts", minimum=1, maximum=20) or 1
+                    out["retry_attempts"] = (
+                        self.c.integer(
+                            body["attempts"], path / "retry" / "attempts", minimum=1, maximum=20
+                        )
+                        or 1
+                    )
                 if "backoff" in body:
-                    out["retry_backoff"] = self.c.number(body["backoff"], path / "retry" /
-                                                         "backoff", minimum=0, maximum=300) or 0.0
+                    out["retry_backoff"] = (
+                        self.c.number(
+                            body["backoff"], path / "retry" / "backoff", minimum=0, maximum=300
+                        )
+                        or 0.0
+                    )
         if "timeout" in spec:
-            out["timeout"] = self.c.number(spec["timeout"], path / "timeout", minimum=0,
-                                           maximum=3600, exclusive_min=True)
+            out["timeout"] = self.c.number(
+                spec["timeout"], path / "timeout", minimum=0, maximum=3600, exclusive_min=True
+            )
         return out
 
     def _action(self, action: str, path: Path, kind: Any) -> dict[str, Any]:
@@ -582,8 +673,10 @@ class FlowParser:
             return {"action": action}
         match = kind.action.fullmatch(action)
         if match is None or match.group(1) not in HTTP_METHODS:
-            self.c.error(path, f"{action!r} is not 'METHOD /path' (methods: "
-                         f"{', '.join(sorted(HTTP_METHODS))})")
+            self.c.error(
+                path,
+                f"{action!r} is not 'METHOD /path' (methods: {', '.join(sorted(HTTP_METHODS))})",
+            )
             return {}
         out: dict[str, Any] = {"action": action}
         if "{{" in action:
@@ -606,8 +699,9 @@ class FlowParser:
             if not isinstance(spec["inputs"], dict):
                 self.c.error(path / "inputs", "expected an object of the child's input values")
             else:
-                out["inputs"] = parse_render(self.c, path / "inputs", spec["inputs"],
-                                             Scope(self.value_types))
+                out["inputs"] = parse_render(
+                    self.c, path / "inputs", spec["inputs"], Scope(self.value_types)
+                )
         if "outputs" in spec:
             out["outputs"] = self._outputs(spec["outputs"], path / "outputs", None)
         return out

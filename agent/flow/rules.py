@@ -61,9 +61,13 @@ def equal(left: Any, right: Any) -> bool:
     if kl == "string":
         return bool(left.casefold() == right.casefold())
     if kl == "number":
-        return Decimal(str(left)) == Decimal(str(right)) if isinstance(left, float) else left == right
+        return (
+            Decimal(str(left)) == Decimal(str(right)) if isinstance(left, float) else left == right
+        )
     if kl == "list":
-        return len(left) == len(right) and all(equal(a, b) for a, b in zip(left, right, strict=True))
+        return len(left) == len(right) and all(
+            equal(a, b) for a, b in zip(left, right, strict=True)
+        )
     if kl == "object":
         return left.keys() == right.keys() and all(equal(left[k], right[k]) for k in left)
     return bool(left == right)

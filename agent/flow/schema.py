@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import values as V
-from .expressions import Compiled, ExpressionError, compile_expression, compile_template, is_template
+from .expressions import (
+    Compiled,
+    ExpressionError,
+    compile_expression,
+    compile_template,
+    is_template,
+)
 from .model import Issue, Operand, Rule
 from .rules import OPS
 
@@ -58,14 +64,17 @@ class Checker:
         allowed_set = set(allowed)
         for key in value:
             if key not in allowed_set:
-                self.error(path / key, f"unknown field (allowed here: {', '.join(sorted(allowed_set))})")
+                self.error(
+                    path / key, f"unknown field (allowed here: {', '.join(sorted(allowed_set))})"
+                )
         for key in required:
             if key not in value:
                 self.error(path, f"missing required field '{key}'")
         return value
 
-    def string(self, value: Any, path: Path, *, pattern: re.Pattern[str] | None = None,
-               what: str = "") -> str | None:
+    def string(
+        self, value: Any, path: Path, *, pattern: re.Pattern[str] | None = None, what: str = ""
+    ) -> str | None:
         if not isinstance(value, str):
             self.error(path, f"expected a string, got {V.describe(value)}")
             return None
@@ -74,8 +83,9 @@ class Checker:
             return None
         return value
 
-    def number(self, value: Any, path: Path, *, minimum: float, maximum: float,
-               exclusive_min: bool = False) -> float | None:
+    def number(
+        self, value: Any, path: Path, *, minimum: float, maximum: float, exclusive_min: bool = False
+    ) -> float | None:
         if not V.is_number(value):
             self.error(path, f"expected a number, got {V.describe(value)}")
             return None
@@ -118,9 +128,13 @@ class Scope:
                 checker.error(path, f"secret value '{name}' can only be used in connector headers")
 
 
-def parse_ref(checker: Checker, path: Path, text: Any, scope: Scope) -> tuple[str | int, ...] | None:
+def parse_ref(
+    checker: Checker, path: Path, text: Any, scope: Scope
+) -> tuple[str | int, ...] | None:
     if not isinstance(text, str) or not _REF.fullmatch(text):
-        checker.error(path, f"{text!r} is not a value path like 'customer.address.city' or 'lines[0]'")
+        checker.error(
+            path, f"{text!r} is not a value path like 'customer.address.city' or 'lines[0]'"
+        )
         return None
     root = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text)
     assert root is not None
@@ -139,8 +153,9 @@ def parse_ref(checker: Checker, path: Path, text: Any, scope: Scope) -> tuple[st
     return tuple(parts)
 
 
-def _compile(checker: Checker, path: Path, source: Any, scope: Scope,
-             compiler: Callable[[str], Compiled]) -> Compiled | None:
+def _compile(
+    checker: Checker, path: Path, source: Any, scope: Scope, compiler: Callable[[str], Compiled]
+) -> Compiled | None:
     if not isinstance(source, str):
         checker.error(path, f"expected a string, got {V.describe(source)}")
         return None
@@ -170,7 +185,7 @@ def is_operand_object(value: Any) -> bool:
 
 def parse_operand(checker: Checker, path: Path, value: Any, scope: Scope) -> Operand | None:
     if is_operand_object(value):
-        (key, inner), = value.items()
+        ((key, inner),) = value.items()
         if key == "ref":
             parts = parse_ref(checker, path / "ref", inner, scope)
             return Operand("ref", parts) if parts else None
@@ -185,7 +200,7 @@ def parse_operand(checker: Checker, path: Path, value: Any, scope: Scope) -> Ope
 
 def parse_render(checker: Checker, path: Path, value: Any, scope: Scope) -> Any:
     """A render tree: operands anywhere inside, other containers kept as they are."""
-    if is_operand_object(value) or isinstance(value, str) and is_template(value):
+    if is_operand_object(value) or (isinstance(value, str) and is_template(value)):
         return parse_operand(checker, path, value, scope)
     if isinstance(value, dict):
         return {k: parse_render(checker, path / k, v, scope) for k, v in value.items()}
@@ -211,7 +226,9 @@ def parse_rule(checker: Checker, path: Path, value: Any, scope: Scope) -> Rule |
         checker.obj(value, path, allowed=["not"])
         inner = parse_rule(checker, path / "not", value["not"], scope)
         return Rule("not", rules=(inner,)) if inner else None
-    body = checker.obj(value, path, allowed=["left", "op", "right"], required=["left", "op", "right"])
+    body = checker.obj(
+        value, path, allowed=["left", "op", "right"], required=["left", "op", "right"]
+    )
     if body is None or not {"left", "op", "right"} <= body.keys():
         return None
     op = body["op"]
@@ -220,8 +237,10 @@ def parse_rule(checker: Checker, path: Path, value: Any, scope: Scope) -> Rule |
         return None
     left = parse_operand(checker, path / "left", body["left"], scope)
     right = parse_operand(checker, path / "right", body["right"], scope)
-    if op == "is_empty" and right is not None and (
-        right.kind != "literal" or not isinstance(right.value, bool)
+    if (
+        op == "is_empty"
+        and right is not None
+        and (right.kind != "literal" or not isinstance(right.value, bool))
     ):
         checker.error(path / "right", "is_empty takes true or false on the right")
         return None

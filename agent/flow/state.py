@@ -34,8 +34,13 @@ class RunState:
 
     def copy(self) -> RunState:
         return RunState(
-            self.run_id, self.flow_id, self.version, self.status, dict(self.values),
-            self.current, list(self.path),
+            self.run_id,
+            self.flow_id,
+            self.version,
+            self.status,
+            dict(self.values),
+            self.current,
+            list(self.path),
             dict(self.waiting) if self.waiting else None,
             dict(self.error) if self.error else None,
             dict(self.pending) if self.pending else None,
@@ -43,12 +48,21 @@ class RunState:
         )
 
     def to_json(self) -> str:
-        return V.dumps({
-            "run_id": self.run_id, "flow": self.flow_id, "version": self.version,
-            "status": self.status, "values": self.values, "current": self.current,
-            "path": self.path, "waiting": self.waiting, "error": self.error,
-            "pending": self.pending, "parent": self.parent,
-        })
+        return V.dumps(
+            {
+                "run_id": self.run_id,
+                "flow": self.flow_id,
+                "version": self.version,
+                "status": self.status,
+                "values": self.values,
+                "current": self.current,
+                "path": self.path,
+                "waiting": self.waiting,
+                "error": self.error,
+                "pending": self.pending,
+                "parent": self.parent,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str, flow: Flow) -> RunState:
@@ -58,8 +72,16 @@ class RunState:
             if name in values:
                 values[name] = V.revive(spec.type, values[name])
         return cls(
-            raw["run_id"], raw["flow"], int(raw["version"]), raw["status"], values,
-            raw["current"], raw["path"], raw["waiting"], raw["error"], raw["pending"],
+            raw["run_id"],
+            raw["flow"],
+            int(raw["version"]),
+            raw["status"],
+            values,
+            raw["current"],
+            raw["path"],
+            raw["waiting"],
+            raw["error"],
+            raw["pending"],
             raw["parent"],
         )
 
