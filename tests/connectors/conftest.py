@@ -1,0 +1,58 @@
+"""Fixtures of the connector tests: real local HTTP servers and connectors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent.connectors.guard import NetworkGuard
+from agent.connectors.http import HttpConnector
+
+from .helpers import RecordingSleep
+
+Serve = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start an aiohttp app on 127.0.0.1, port 0; returns its base URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(app: web.Application) -> str:
+        # Handlers are cancelled when the client goes away, so hanging handlers
+        # end with the test instead of holding up the cleanup.
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+async def make_connector(
+    sleep: RecordingSleep,
+) -> AsyncIterator[Callable[..., HttpConnector]]:
+    made: list[HttpConnector] = []
+
+    def make(*, guard: NetworkGuard | None = None, **options: Any) -> HttpConnector:
+        connector = HttpConnector(guard=guard or NetworkGuard(), sleep=sleep, **options)
+        made.append(connector)
+        return connector
+
+    yield make
+    for connector in made:
+        await connector.close()
