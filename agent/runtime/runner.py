@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent.errors import OperationError
+from agent.errors import AgentError, OperationError
 from agent.flow.commands import (
     Answer,
     CallConnector,
@@ -277,11 +277,10 @@ class Runner:
 
     async def _call(self, command: CallConnector) -> ConnectorResult:
         request = command.request
-        connector = self.connectors.get(request.connector_type)
-        if connector is None:
-            return ConnectorResult(
-                ok=False, message=f"no connector of type '{request.connector_type}' is installed"
-            )
+        try:
+            connector = self.connectors.get(request.connector_type)
+        except AgentError as exc:
+            return ConnectorResult(ok=False, message=exc.message)
         try:
             result: ConnectorResult = await connector.call(request)
         except Exception as exc:  # a connector bug must fault the element, not kill the agent

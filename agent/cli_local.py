@@ -1,0 +1,222 @@
+"""``validate``, ``exec``, ``resume`` and ``runs``: flows without a control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.connectors.registry import default_registry
+from agent.errors import OperationError, UsageError
+from agent.flow.commands import Answer
+from agent.flow.engine import AnswerRefused, InputInvalid
+from agent.flow.model import Flow
+from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
+from agent.runtime.runner import Runner
+from agent.store.sqlite import SqliteStore
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{flag} takes NAME=VALUE, got {item.split('=')[0]!r}")
+        out[name] = value
+    return out
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if args.inputs:
+        try:
+            parsed = json.loads(args.inputs)
+        except ValueError as exc:
+            raise UsageError(f"--inputs is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise UsageError("--inputs must be a JSON object of input names to values")
+        inputs.update(parsed)
+    inputs.update(_pairs(args.input, "--input"))
+    return inputs
+
+
+def _print_invalid(exc: FlowFileInvalid) -> None:
+    for line in str(exc).splitlines():
+        print(line, file=sys.stderr)
+
+
+def validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for name in args.files:
+        try:
+            read_flow_file(Path(name))
+        except FlowFileInvalid as exc:
+            for where, what in exc.issues:
+                print(f"{name}: {where}: {what}")
+            status = max(status, EXIT_FAILED)
+            continue
+        print(f"{name}: ok")
+    return status
+
+
+@contextmanager
+def _state_dir(given: str | None) -> Iterator[Path]:
+    if given:
+        yield Path(given)
+        return
+    temporary = Path(tempfile.mkdtemp(prefix="flow-agent-"))
+    try:
+        yield temporary / "state"
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _runner(state_dir: Path, args: argparse.Namespace,
+                  local: list[Flow]) -> AsyncIterator[Runner]:
+    secrets = _pairs(args.secret, "--secret")
+    store = SqliteStore.open(state_dir, synchronous=args.sync)
+    registry = default_registry()
+    try:
+        catalog = Catalog(store, local=local)
+        yield Runner(store=store, catalog=catalog, connectors=registry, secrets=secrets,
+                     inline_wait=args.max_wait)
+    finally:
+        await registry.close_all()
+        store.close()
+
+
+def _local_flows(args: argparse.Namespace) -> list[Flow]:
+    return list(read_flow_dir(Path(args.flows)).values()) if args.flows else []
+
+
+def exec_(args: argparse.Namespace) -> int:
+    try:
+        flow = read_flow_file(Path(args.file))
+        local = _local_flows(args)
+    except FlowFileInvalid as exc:
+        _print_invalid(exc)
+        return EXIT_USAGE
+    inputs = _inputs(args)
+
+    async def go(state_dir: Path) -> dict[str, Any]:
+        async with _runner(state_dir, args, [*local, flow]) as runner:
+            return await runner.start(flow.id, inputs)
+
+    with _state_dir(args.state_dir) as state_dir:
+        try:
+            result = asyncio.run(go(state_dir))
+        except InputInvalid as exc:
+            for problem in exc.problems:
+                print(f"flow-agent: {args.file}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    _report(result, args, kept=bool(args.state_dir))
+    return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
+
+
+def resume(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if not (state_dir / "state.db").exists():
+        raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
+    try:
+        local = _local_flows(args)
+    except FlowFileInvalid as exc:
+        _print_invalid(exc)
+        return EXIT_USAGE
+    fields = _pairs(args.field, "--field")
+    if (fields or args.state_token) and not args.outcome:
+        raise UsageError("--field and --state-token go with --outcome")
+    answer = Answer(outcome=args.outcome, fields=fields, state_token=args.state_token) \
+        if args.outcome else None
+
+    async def go() -> dict[str, Any]:
+        async with _runner(state_dir, args, local) as runner:
+            return await runner.resume(args.run_id, answer=answer)
+
+    try:
+        result = asyncio.run(go())
+    except AnswerRefused as exc:
+        raise OperationError(f"cannot resume {args.run_id}: {exc}",
+                             hint="the run is unchanged and still waiting") from None
+    _report(result, args, kept=True)
+    return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
+
+
+def runs(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if not (state_dir / "state.db").exists():
+        raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
+    args.secret, args.max_wait, args.sync = [], 0.0, "normal"
+
+    async def go() -> list[tuple[float, dict[str, Any]]]:
+        async with _runner(state_dir, args, []) as runner:
+            records = runner.store.list_runs(status=args.status, top_level=True, limit=10_000)
+            return [(r.updated_at, await runner.result_of(r.run_id)) for r in records]
+
+    listed = asyncio.run(go())
+    if args.json:
+        print(json.dumps([result for _, result in listed], indent=2))
+        return EXIT_OK
+    if not listed:
+        print("no runs")
+        return EXIT_OK
+    print(f"{'RUN':<30} {'FLOW':<24} {'VER':>4} {'STATUS':<10} UPDATED")
+    for updated, r in listed:
+        when = datetime.fromtimestamp(updated, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r['run_id']:<30} {r['flow']:<24} {r['version']:>4} {r['status']:<10} {when}")
+    return EXIT_OK
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace, *, kept: bool) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"run {result['run_id']} (flow {result['flow']} v{result['version']}): "
+          f"{result['status']}")
+    print("path: " + " -> ".join(result["path"]))
+    if result["outputs"]:
+        print("outputs:")
+        for name, value in result["outputs"].items():
+            print(f"  {name} = {json.dumps(value)}")
+    if result["error"]:
+        print(f"error at '{result['error']['element']}': {result['error']['message']}")
+    waiting = result["waiting"]
+    if waiting:
+        _report_waiting(result["run_id"], waiting, args, kept=kept)
+
+
+def _report_waiting(run_id: str, waiting: dict[str, Any], args: argparse.Namespace, *,
+                    kept: bool) -> None:
+    while waiting.get("kind") == "subflow" and waiting.get("child_run", {}).get("waiting"):
+        print(f"waiting on subflow run {waiting['child_run']['run_id']}")
+        waiting = waiting["child_run"]["waiting"]
+    kind = waiting["kind"]
+    if kind == "timer":
+        print(f"waiting at '{waiting['element']}' on a timer until {waiting['until']}")
+    elif kind == "input":
+        title = f": {waiting['title']}" if waiting.get("title") else ""
+        print(f"waiting for a person at '{waiting['element']}'{title}")
+        if waiting.get("content"):
+            print(f"  {waiting['content']}")
+        for f in waiting["fields"]:
+            need = "required" if f["required"] else "optional"
+            print(f"  field {f['value']} ({f['label']}, {f['type']}, {need})")
+        print("  outcomes: " + ", ".join(f"{o['id']} ({o['label']})" for o in waiting["outcomes"]))
+    else:
+        print(f"waiting at '{waiting['element']}' ({kind})")
+    if not kept:
+        print("note: the state was temporary; pass --state-dir to keep a run you want to resume")
+    elif kind == "input" and waiting["outcomes"]:
+        state_dir = getattr(args, "state_dir", None)
+        print(f"  resume: flow-agent resume {run_id} --state-dir {state_dir} "
+              f"--outcome {waiting['outcomes'][0]['id']} --state-token {waiting['state_token']}")
