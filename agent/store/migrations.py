@@ -53,7 +53,7 @@ def _m001_initial(db: Database) -> None:
     db.execute(
         "CREATE INDEX runs_parent ON runs (parent_id, created_at) WHERE parent_id IS NOT NULL"
     )
-    db.execute("CREATE INDEX runs_wake ON runs (wake_at) WHERE wake_at IS NOT NULL")
+    db.execute("CREATE INDEX runs_wake ON runs (status, wake_at) WHERE wake_at IS NOT NULL")
 
     db.create_table(
         "flows",
