@@ -17,7 +17,8 @@ format's message elements:
 * ``request.timeout`` bounds each try as a whole: connect, redirects and
   reading the body.
 * Redirects are followed by hand (at most ``MAX_REDIRECTS``), each hop
-  re-checked by the network guard; only http and https targets; 303 (and
+  re-checked by the network guard; only http and https targets, and never
+  from https down to http; 303 (and
   301/302 after a POST) continue as GET without the body, as browsers do;
   the Authorization header is not carried to another origin.
 * The response body is read in chunks and abandoned as soon as it passes
@@ -393,6 +394,9 @@ def _redirect_target(url: URL, location: str) -> URL:
         raise _Refused(f"refused: redirected to a {shown} URL; only http and https are allowed")
     if not target.raw_host:
         raise _Refused("refused: redirected to a URL without a host")
+    if url.scheme == "https" and target.scheme == "http":
+        # The body and headers were meant for an encrypted channel.
+        raise _Refused(f"refused: redirected from https to plain http ({_display(target)})")
     return target
 
 

@@ -17,6 +17,8 @@ from agent.errors import OperationError
 
 # Deeper than any body a flow renders; bounds recursion on hostile input.
 MAX_JSON_DEPTH = 200
+# Beyond this many digits a number is written with an exponent instead.
+MAX_PLAIN_DIGITS = 1000
 
 try:  # the C version when the interpreter has it
     from json.encoder import c_encode_basestring as _encode_str  # type: ignore[attr-defined]
@@ -86,6 +88,12 @@ def plain_number(value: float | Decimal) -> str:
         value = Decimal(repr(value))
     elif not value.is_finite():
         raise JsonBodyError(f"{value} is not a JSON number")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if value.adjusted() > MAX_PLAIN_DIGITS or exponent < -MAX_PLAIN_DIGITS:
+        # Plain form would be absurdly long (1E+999999999 is a billion digits);
+        # the exponent form is still an exact JSON number.
+        return str(value)
     return format(value, "f")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,24 +14,25 @@ from agent.connectors.http import HttpConnector
 
 from .helpers import RecordingSleep
 
-Serve = Callable[[web.Application], Awaitable[str]]
+Serve = Callable[..., Awaitable[str]]  # (app, *, ssl_context=None) -> base URL
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    """Start an aiohttp app on 127.0.0.1, port 0; returns its base URL."""
+    """Start an aiohttp app on 127.0.0.1, port 0 (TLS when given a context); its base URL."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application) -> str:
+    async def start(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> str:
         # Handlers are cancelled when the client goes away, so hanging handlers
         # end with the test instead of holding up the cleanup.
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await runner.setup()
         runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        scheme = "https" if ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{port}"
 
     yield start
     for runner in runners:
