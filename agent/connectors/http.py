@@ -232,7 +232,7 @@ class HttpConnector:
             return _Try(error=f"no answer within {timeout:g} s", retryable=True, label="timeout")
         except aiohttp.ClientSSLError as exc:
             # A certificate does not get better by asking again.
-            return _Try(error=f"TLS failed: {_os_reason(exc)}", label="TLS error")
+            return _Try(error=f"TLS failed: {_tls_reason(exc)}", label="TLS error")
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             return _Try(error=_connection_reason(exc), retryable=True, label="connection error")
         except (aiohttp.ClientError, ValueError) as exc:
@@ -430,6 +430,15 @@ def _os_reason(exc: aiohttp.ClientError) -> str:
         if error.strerror:
             return error.strerror
     return str(exc) or type(exc).__name__
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    error = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        return f"certificate not accepted ({error.verify_message})"
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason)
+    return str(error or exc)
 
 
 def _connection_reason(exc: aiohttp.ClientError) -> str:

@@ -444,7 +444,7 @@ async def test_https_to_a_pinned_address_still_checks_the_certificate_name(
     assert seen == ["GET /api"]
     assert not by_address.ok  # the certificate is for erp.test, not for the address
     assert by_address.attempts == 1  # a certificate does not improve with retries
-    assert "TLS failed" in by_address.message
+    assert "TLS failed: certificate not accepted" in by_address.message
 
 
 async def test_a_redirect_from_https_down_to_http_is_refused(
