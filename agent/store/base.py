@@ -21,6 +21,8 @@ the callers rely on and the tests of ``SqliteStore`` pin down:
   back.  Blocks nest: an inner block joins the outer one.  When an inner
   block fails and the outer block swallows the exception, the outer block must
   still roll back (raising ``StoreError``) instead of committing half of it.
+  Refusals that write nothing (``RunExists``, ``UnknownRun``, ``UnknownFlow``,
+  ``FlowConflict``) may be caught inside a block without spoiling it.
 * **Read your writes.**  A read after a write on the same store object sees
   that write, inside or outside a transaction.
 * **Identity and conflicts.**  ``run_id`` is unique: inserting it twice raises

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlite_utils import Database
 
@@ -63,6 +63,9 @@ from agent.store.connection import (
     translate,
 )
 from agent.store.migrations import apply_migrations
+
+if TYPE_CHECKING:
+    from agent.store.base import Store
 
 _RUN_COLUMNS = "run_id, flow_id, version, status, parent_id, created_at, updated_at, wake_at, state"
 _INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -341,13 +344,16 @@ class SqliteStore:
     # Flows
 
     def put_flow(self, rec: FlowRecord) -> None:
+        # Refusals are raised after the block, which wrote nothing: raised
+        # inside, they would doom a caller's enclosing transaction.
         with self.transaction():
             row = self._one(
                 "SELECT sha256 FROM flows WHERE flow_id = ? AND version = ?",
                 (rec.flow_id, rec.version),
                 doing=f"read flow {rec.flow_id} v{rec.version}",
             )
-            if row is None:
+            stored = None if row is None else str(row[0])
+            if stored is None:
                 self._write(
                     f"INSERT INTO flows ({_FLOW_COLUMNS}) VALUES (?, ?, ?, ?, 0, ?, ?)",
                     (
@@ -360,13 +366,13 @@ class SqliteStore:
                     ),
                     doing=f"store flow {rec.flow_id} v{rec.version}",
                 )
-            elif row[0] != rec.sha256:
-                raise FlowConflict(
-                    f"flow {rec.flow_id} version {rec.version} is already stored in "
-                    f"{self.path} with another content (sha256 {row[0]}, now {rec.sha256})"
-                )
-            if rec.active:
+            if rec.active and stored in (None, rec.sha256):
                 self._activate(rec.flow_id, rec.version)
+        if stored not in (None, rec.sha256):
+            raise FlowConflict(
+                f"flow {rec.flow_id} version {rec.version} is already stored in "
+                f"{self.path} with another content (sha256 {stored}, now {rec.sha256})"
+            )
 
     def get_flow(self, flow_id: str, version: int) -> FlowRecord | None:
         row = self._one(
@@ -386,15 +392,18 @@ class SqliteStore:
 
     def activate(self, flow_id: str, version: int) -> None:
         with self.transaction():
-            self._activate(flow_id, version)
+            found = self._activate(flow_id, version)
+        if not found:
+            raise UnknownFlow(f"flow {flow_id} version {version} is not stored in {self.path}")
 
-    def _activate(self, flow_id: str, version: int) -> None:
+    def _activate(self, flow_id: str, version: int) -> bool:
+        """Switch the active version; ``False`` (and no write) when it is not stored."""
         doing = f"activate flow {flow_id} v{version}"
         found = self._one(
             "SELECT 1 FROM flows WHERE flow_id = ? AND version = ?", (flow_id, version), doing=doing
         )
         if found is None:
-            raise UnknownFlow(f"flow {flow_id} version {version} is not stored in {self.path}")
+            return False
         # Clear first: the unique index allows one active row per flow id.
         self._write(
             "UPDATE flows SET active = 0 WHERE flow_id = ? AND active = 1 AND version != ?",
@@ -406,6 +415,7 @@ class SqliteStore:
             (flow_id, version),
             doing=doing,
         )
+        return True
 
     def list_flows(self, *, active_only: bool = True) -> list[FlowRecord]:
         where = "WHERE active = 1 " if active_only else ""
@@ -485,3 +495,8 @@ class SqliteStore:
             self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise self._error(exc, doing) from exc
+
+
+if TYPE_CHECKING:
+    # mypy proves here that SqliteStore implements the Store protocol.
+    _implements: type[Store] = SqliteStore

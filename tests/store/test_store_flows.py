@@ -90,6 +90,18 @@ def test_activate_inside_a_failed_transaction_is_undone(store: SqliteStore) -> N
     assert active_version(store, "orders") == 1
 
 
+def test_refusals_inside_a_callers_transaction_leave_it_usable(store: SqliteStore) -> None:
+    store.put_flow(flow("orders", 1, active=True))
+    with store.transaction():
+        with pytest.raises(UnknownFlow):
+            store.activate("orders", 9)
+        with pytest.raises(FlowConflict):
+            store.put_flow(flow("orders", 1, active=True, body=', "tampered": true'))
+        store.put_flow(flow("orders", 2, active=True))
+    assert active_version(store, "orders") == 2
+    assert store.get_flow("orders", 1) == flow("orders", 1)  # kept, now inactive
+
+
 def test_the_database_itself_allows_one_active_version(store: SqliteStore, state_dir: Path) -> None:
     store.put_flow(flow("orders", 1, active=True))
     store.put_flow(flow("orders", 2))
