@@ -49,7 +49,7 @@ def test_validate_prints_ok_or_path_lines(
             },
         },
     )
-    code, out, err = run(capsys, "validate", good, bad)
+    code, out, _err = run(capsys, "validate", good, bad)
     assert code == 1
     lines = out.splitlines()
     assert lines[0] == f"{good}: ok"

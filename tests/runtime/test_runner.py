@@ -243,7 +243,7 @@ async def test_connector_calls_and_faults_against_a_real_server(
     assert result["status"] == "completed"
     assert result["outputs"] == {"ticket": "7", "code": 200}
     assert seen == [f"{result['run_id']}:1", f"{result['run_id']}:2"]
-    engine, state = runner._load(result["run_id"])
+    _engine, state = runner._load(result["run_id"])
     assert state.values["fault"]["status"] == 422
     assert state.values["fault"]["element"] == "bad"
 
