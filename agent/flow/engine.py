@@ -419,7 +419,14 @@ class Engine:
         action = element.action or ""
         if element.action_path is not None:
             method = action.split(" ", 1)[0]
-            action = f"{method} {self._call(element.action_path, scope)}"
+            path = str(self._call(element.action_path, scope))
+            segments = path.split("?", 1)[0].split("/")
+            if any(seg in ("..", ".") or "\\" in seg for seg in segments):
+                raise RunFault(
+                    f"the rendered path {path!r} climbs out of the connector's "
+                    "base URL ('..' segments are not allowed)"
+                )
+            action = f"{method} {path}"
         query = None
         if element.query is not None:
             query = {k: _header(v) for k, v in self._render(element.query, scope).items()}

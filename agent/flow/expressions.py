@@ -20,7 +20,8 @@ from typing import Any, Final
 from jinja2 import ChainableUndefined, TemplateError, meta, nodes
 from jinja2.environment import Template, TemplateExpression
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
 from .values import format_number, to_decimal
@@ -70,7 +71,7 @@ class _Environment(ImmutableSandboxedEnvironment):
                     raise SecurityError("a repetition this large is not allowed")
             return operator.mul(left, right)
         if operator_ == "**":
-            if isinstance(right, int | Decimal) and abs(right) > MAX_EXPONENT:
+            if isinstance(right, int | Decimal) and abs(Decimal(right)) > MAX_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
             return operator.pow(left, right)
         if isinstance(right, int | Decimal) and right == 0:

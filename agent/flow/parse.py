@@ -380,6 +380,7 @@ class FlowParser:
                     f"unknown element type {type_!r} (one of: {', '.join(ELEMENT_FIELDS)})",
                 )
             return None
+        assert isinstance(type_, str)
         allowed = COMMON + ELEMENT_FIELDS[type_]
         self.c.obj(spec, path, allowed=allowed)
         fields: dict[str, Any] = {"id": element_id, "type": type_}
@@ -632,8 +633,10 @@ class FlowParser:
         action = spec.get("action")
         if "action" not in spec:
             self.c.error(path, "missing required field 'action'")
-        elif self.c.string(action, path / "action") is not None and kind is not None:
+        elif isinstance(action, str) and kind is not None:
             out.update(self._action(action, path / "action", kind))
+        else:
+            self.c.string(action, path / "action")
         for key in ("body", "query", "inputs"):
             if key in spec:
                 out[key] = parse_render(self.c, path / key, spec[key], scope)
