@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from jinja2 import ChainableUndefined, TemplateError, meta, nodes
 from jinja2.environment import Template, TemplateExpression
-from jinja2.parser import Parser
 from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
