@@ -84,6 +84,7 @@ class Catalog:
         self.clock = clock
         self._engines: dict[tuple[str, int, str], Engine] = {}
         self._local: dict[str, Flow] = {}
+        self._recorded: set[tuple[str, str]] = set()
         for flow in local:
             self.add_local(flow)
 
@@ -121,7 +122,9 @@ class Catalog:
         """The engine of the version a new run of ``flow_id`` starts on."""
         local = self._local.get(flow_id)
         if local is not None:
-            self._record(local)
+            if (local.id, local.sha256) not in self._recorded:
+                self._record(local)
+                self._recorded.add((local.id, local.sha256))
             return self.engine(local)
         record = self.store.active_flow(flow_id)
         return self._from_record(record) if record else None

@@ -133,7 +133,7 @@ class Runner:
         async with self._lock(run_id):
             self._commit(engine, step, previous=None)
             state = await self._drive(engine, step)
-        return await self.result_of(state.run_id)
+        return await self._result(engine, state)
 
     async def resume(self, run_id: str, *, answer: Answer | None = None) -> dict[str, Any]:
         """Answer the page a run waits on, or continue an interrupted/timed run.
@@ -167,6 +167,9 @@ class Runner:
 
     async def result_of(self, run_id: str) -> dict[str, Any]:
         engine, state = self._load(run_id)
+        return await self._result(engine, state)
+
+    async def _result(self, engine: Engine, state: RunState) -> dict[str, Any]:
         result = engine.result(state)
         waiting = result.get("waiting")
         if waiting and waiting.get("kind") == "subflow" and waiting.get("child"):
