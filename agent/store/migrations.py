@@ -76,7 +76,46 @@ def _m001_initial(db: Database) -> None:
     db.create_table("meta", {"key": str, "value": str}, pk="key", not_null={"value"})
 
 
-MIGRATIONS: Sequence[Migration] = (_m001_initial,)
+def _m002_link(db: Database) -> None:
+    """The link to the control plane: the event outbox, flow-sync and seq state.
+
+    ``outbox`` holds events not yet acknowledged by the control plane; ``seq``
+    is the per-agent sequence number, handed out from ``outbox_seq`` (one
+    row) so numbers stay contiguous even after acknowledged rows are deleted.
+    ``outbox_open`` remembers, per run, the element a run is still inside (a
+    connector call, a page, a timer, a subflow) so its ``element.left`` event
+    carries the whole time spent there.  ``link_flows`` is the highest version
+    and activation serial accepted per flow id from the paired tenant.
+    """
+    db.create_table(
+        "outbox",
+        {"seq": int, "kind": str, "run_id": str, "at": str, "data": str},
+        pk="seq",
+        not_null={"kind", "at", "data"},
+    )
+    db.create_table(
+        "outbox_seq",
+        {"id": int, "last": int},
+        pk="id",
+        not_null={"last"},
+    )
+    db.execute("INSERT INTO outbox_seq (id, last) VALUES (1, 0)")
+    db.create_table(
+        "outbox_open",
+        {"run_id": str, "element": str, "visit": int, "entered_at": float},
+        pk="run_id",
+        not_null={"element", "visit", "entered_at"},
+    )
+    db.create_table(
+        "link_flows",
+        {"flow_id": str, "tenant": str, "version": int, "serial": int, "updated_at": float},
+        pk="flow_id",
+        not_null={"tenant", "version", "serial", "updated_at"},
+        defaults={"serial": 0},
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link)
 
 
 class SchemaTooNew(StoreError):
