@@ -55,7 +55,7 @@ def test_sigkill_during_wait_then_resume(tmp_path: Path) -> None:
         wait_for(lambda: _status(state, "waiting"), what="the run to wait on its timer")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     ((run_id, _, _),) = run_rows(state)
 
@@ -126,9 +126,16 @@ def test_sigkill_during_connector_call_then_resume(tmp_path: Path) -> None:
 
 
 def test_second_process_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
-    flow = write_flow(tmp_path, TIMER_FLOW)
+    slow = {
+        **TIMER_FLOW,
+        "elements": {
+            **TIMER_FLOW["elements"],
+            "pause": {"type": "wait", "seconds": 600, "next": "after"},
+        },
+    }
+    flow = write_flow(tmp_path, slow)
     state = tmp_path / "state"
-    proc = spawn_agent("exec", str(flow), "--state-dir", str(state), "--json")
+    proc = spawn_agent("exec", str(flow), "--state-dir", str(state), "--max-wait", "900")
     try:
         wait_for(lambda: _status(state, "waiting"), what="the run to wait on its timer")
         ((run_id, _, before),) = run_rows(state)
@@ -140,6 +147,5 @@ def test_second_process_on_the_same_state_dir_is_refused(tmp_path: Path) -> None
         ((_, _, after),) = run_rows(state)
         assert after == before
     finally:
-        proc.wait(30)
-    assert proc.returncode == 0
-    assert _result(proc.stdout.read() if proc.stdout else "")["status"] == "completed"
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
