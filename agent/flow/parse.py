@@ -210,13 +210,13 @@ class FlowParser:
             if body is None or "type" not in body:
                 continue
             type_ = body["type"]
-            if type_ not in V.TYPES:
+            if not isinstance(type_, str) or type_ not in V.TYPES:
                 self.c.error(
                     here / "type", f"unknown type {type_!r} (one of: {', '.join(sorted(V.TYPES))})"
                 )
                 continue
             access = body.get("access", "private")
-            if access not in V.ACCESS:
+            if not isinstance(access, str) or access not in V.ACCESS:
                 self.c.error(
                     here / "access",
                     f"unknown access {access!r} (one of: {', '.join(sorted(V.ACCESS))})",
@@ -371,7 +371,7 @@ class FlowParser:
             self.c.error(path, f"expected an element object, got {V.describe(spec)}")
             return None
         type_ = spec.get("type")
-        if type_ not in ELEMENT_FIELDS:
+        if not isinstance(type_, str) or type_ not in ELEMENT_FIELDS:
             if "type" not in spec:
                 self.c.error(path, "missing required field 'type'")
             else:
@@ -525,7 +525,9 @@ class FlowParser:
         if has_seconds:
             raw = spec["seconds"]
             if V.is_number(raw):
-                self.c.number(raw, path / "seconds", minimum=0, maximum=10 * 365 * 86400)
+                ten_years = 10 * 365 * 86400
+                if self.c.number(raw, path / "seconds", minimum=0, maximum=ten_years) is None:
+                    return {}
             elif not isinstance(raw, dict):
                 self.c.error(
                     path / "seconds", f"expected a number of seconds, got {V.describe(raw)}"
@@ -617,7 +619,7 @@ class FlowParser:
         name = spec.get("connector")
         if "connector" not in spec:
             self.c.error(path, "missing required field 'connector'")
-        elif name not in self.connectors:
+        elif not isinstance(name, str) or name not in self.connectors:
             self.c.error(path / "connector", f"unknown connector {name!r}")
         connector = self.connectors.get(name) if isinstance(name, str) else None
         kind = CONNECTOR_TYPES.get(connector.type) if connector else None

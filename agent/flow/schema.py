@@ -89,12 +89,17 @@ class Checker:
         if not V.is_number(value):
             self.error(path, f"expected a number, got {V.describe(value)}")
             return None
-        number = float(value)
+        try:
+            # Compared as a Decimal: float() of a 400-digit integer overflows.
+            number = V.to_decimal(value)
+        except V.ConversionError as exc:
+            self.error(path, str(exc))
+            return None
         if number < minimum or (exclusive_min and number == minimum) or number > maximum:
             low = f"above {minimum:g}" if exclusive_min else f"at least {minimum:g}"
             self.error(path, f"must be {low} and at most {maximum:g}")
             return None
-        return number
+        return float(number)
 
     def integer(self, value: Any, path: Path, *, minimum: int, maximum: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -192,10 +197,24 @@ def parse_operand(checker: Checker, path: Path, value: Any, scope: Scope) -> Ope
         if key == "expr":
             compiled = _compile(checker, path / "expr", inner, scope, compile_expression)
             return Operand("expr", inner, compiled) if compiled else None
-        return Operand("literal", V.normalize(inner))
+        return _literal(checker, path / "literal", inner)
     if isinstance(value, str) and is_template(value):
         return template(checker, path, value, scope)
-    return Operand("literal", V.normalize(value))
+    return _literal(checker, path, value)
+
+
+def _normalized(checker: Checker, path: Path, value: Any) -> Any:
+    try:
+        return V.normalize(value)
+    except V.ConversionError as exc:  # NaN or Infinity, which Python's json accepts
+        checker.error(path, str(exc))
+        return None
+
+
+def _literal(checker: Checker, path: Path, value: Any) -> Operand | None:
+    before = len(checker.issues)
+    normalized = _normalized(checker, path, value)
+    return Operand("literal", normalized) if len(checker.issues) == before else None
 
 
 def parse_render(checker: Checker, path: Path, value: Any, scope: Scope) -> Any:
@@ -206,7 +225,7 @@ def parse_render(checker: Checker, path: Path, value: Any, scope: Scope) -> Any:
         return {k: parse_render(checker, path / k, v, scope) for k, v in value.items()}
     if isinstance(value, list):
         return [parse_render(checker, path / i, v, scope) for i, v in enumerate(value)]
-    return V.normalize(value)
+    return _normalized(checker, path, value)
 
 
 def parse_rule(checker: Checker, path: Path, value: Any, scope: Scope) -> Rule | None:
@@ -232,7 +251,7 @@ def parse_rule(checker: Checker, path: Path, value: Any, scope: Scope) -> Rule |
     if body is None or not {"left", "op", "right"} <= body.keys():
         return None
     op = body["op"]
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         checker.error(path / "op", f"unknown operator {op!r} (one of: {', '.join(sorted(OPS))})")
         return None
     left = parse_operand(checker, path / "left", body["left"], scope)
