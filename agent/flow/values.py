@@ -211,9 +211,10 @@ def normalize(value: Any) -> Any:
 
 
 def format_number(value: Decimal) -> str:
-    """Plain decimal form, never an exponent: 1E+2 -> '100', 0.50 -> '0.50'."""
-    if value == value.to_integral_value() and value.as_tuple().exponent > 0:  # type: ignore[operator]
-        return str(value.quantize(Decimal(1)))
+    """Plain decimal form, never an exponent: 1E+2 -> '100', 0.50 -> '0.50'.
+
+    ``format`` alone does it; ``quantize`` would raise for more than 28 digits.
+    """
     return format(value, "f")
 
 
@@ -232,17 +233,40 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _json_default(value: Any) -> Any:
+def _write(value: Any, out: list[str]) -> None:
     if isinstance(value, Decimal):
-        return to_plain(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a finite number")
+        out.append(str(value))  # a valid JSON number, exponent included
+    elif isinstance(value, datetime):
+        out.append(json.dumps(value.isoformat()))
+    elif isinstance(value, Mapping):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.append("," if i else "")
+            out.append(json.dumps(str(key), ensure_ascii=False))
+            out.append(":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            out.append("," if i else "")
+            _write(item, out)
+        out.append("]")
+    else:
+        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON of in-run data (Decimals and datetimes included)."""
-    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON of in-run data (Decimals and datetimes included).
+
+    Decimals are written digit for digit, not through a float: a stored run
+    must resume with exactly the numbers it had (1/3 keeps its 28 digits).
+    """
+    out: list[str] = []
+    _write(value, out)
+    return "".join(out)
 
 
 def loads(text: str) -> Any:
