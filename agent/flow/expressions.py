@@ -4,31 +4,36 @@ Sources are compiled once, when a flow version is parsed, and the compiled
 objects live on the parsed ``Flow``.  Float literals are rewritten into
 Decimals at compile time so that ``0.1 + 0.2 == 0.3`` holds in expressions
 too.  The sandbox refuses internals (``__class__`` and friends) and we add
-limits for the operators that can exhaust memory or CPU (``*`` on sequences,
-``**`` with large exponents).
+limits for the operators and filters that can exhaust memory or CPU (``*``,
+``+`` and ``~`` on sequences, ``**`` with large results, ``center`` and
+friends with huge widths).
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, DecimalException
 from typing import Any, Final
 
-from jinja2 import ChainableUndefined, TemplateError, meta, nodes
+from jinja2 import ChainableUndefined, TemplateError, Undefined, meta, nodes, pass_context
 from jinja2.environment import Template, TemplateExpression
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.visitor import NodeTransformer
 
 from .values import format_number, to_decimal
 
 MAX_SEQUENCE: Final = 1_000_000  # items or characters a `*` may produce
 MAX_EXPONENT: Final = 1_000
+MAX_POWER_BITS: Final = 10_000  # an integer power may not grow beyond this (about 3,000 digits)
 MAX_OUTPUT: Final = 1_000_000  # characters a template may render
+_BIG_FORMAT: Final = re.compile(r"\d{7,}")  # a width or precision of a million or more
 
 
 class ExpressionError(Exception):
@@ -56,8 +61,73 @@ def _size(value: Any) -> int:
         return 1
 
 
+def _limit(size: int, what: str) -> None:
+    if size > MAX_SEQUENCE:
+        raise SecurityError(f"{what} this large is not allowed")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int | Decimal) and not isinstance(value, bool)
+
+
+def _concat(*parts: Any) -> str:
+    """``a ~ b``: numbers in plain form like ``{{ }}``, and a bounded result."""
+    texts = [str(_finalize(part)) for part in parts]
+    _limit(sum(len(t) for t in texts), "a text")
+    return "".join(texts)
+
+
+def _estimate(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before it runs, a filter call whose result would exhaust memory."""
+    value = args[0] if args else None
+    if name == "center":
+        width = args[1] if len(args) > 1 else kwargs.get("width", 0)
+        if _is_count(width):
+            _limit(int(width), "a width")
+    elif name == "indent" and isinstance(value, str):
+        width = args[1] if len(args) > 1 else kwargs.get("width", 4)
+        pad = int(width) if _is_count(width) else _size(width)
+        _limit(len(value) + (value.count("\n") + 1) * pad, "an indented text")
+    elif name == "slice":
+        slices = args[1] if len(args) > 1 else kwargs.get("slices", 0)
+        if _is_count(slices):
+            _limit(int(slices), "a slice count")
+    elif name == "format" and isinstance(value, str) and _BIG_FORMAT.search(value):
+        raise SecurityError("a format width or precision this large is not allowed")
+    elif name == "replace" and isinstance(value, str) and len(args) > 2:
+        old, new = str(args[1]), str(args[2])
+        hits = value.count(old) if old else len(value) + 1
+        _limit(len(value) + hits * max(len(new) - len(old), 0), "a replaced text")
+    elif name == "join" and isinstance(value, list | tuple | str):
+        sep = args[1] if len(args) > 1 else kwargs.get("d", "")
+        _limit(_size(value) * (_size(sep) + 1), "a joined text")
+
+
+def _guarded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a filter so that it runs only with the run's data, never at compile time.
+
+    Jinja folds filters on constants while compiling; marking every filter as
+    taking the context stops that, so a flow document cannot make the
+    validator itself build a huge string.  The size estimate runs first.
+    """
+    passes = getattr(getattr(func, "jinja_pass_arg", None), "name", None)
+
+    @pass_context
+    def run(context: Context, *args: Any, **kwargs: Any) -> Any:
+        _estimate(name, args, kwargs)
+        if passes == "context":
+            return func(context, *args, **kwargs)
+        if passes == "eval_context":
+            return func(context.eval_ctx, *args, **kwargs)
+        if passes == "environment":
+            return func(context.environment, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    return run
+
+
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "/", "//", "%"})
+    intercepted_binops = frozenset({"+", "*", "**", "/", "//", "%"})
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         # Jinja returns a quiet Undefined here; a blocked internal must be a fault.
@@ -70,9 +140,22 @@ class _Environment(ImmutableSandboxedEnvironment):
                 if repeats and _size(seq) * int(count) > MAX_SEQUENCE:
                     raise SecurityError("a repetition this large is not allowed")
             return operator.mul(left, right)
+        if operator_ == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                _limit(_size(left) + _size(right), "a sequence")
+            return operator.add(left, right)
         if operator_ == "**":
             if isinstance(right, int | Decimal) and abs(Decimal(right)) > MAX_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
+            # A bounded exponent is not enough: (9 ** 1000) ** 1000 has a
+            # million digits and one more power takes minutes.
+            if (
+                isinstance(left, int)
+                and isinstance(right, int | Decimal)
+                and right > 0
+                and abs(left).bit_length() * int(right) > MAX_POWER_BITS
+            ):
+                raise SecurityError("a power this large is not allowed")
             return operator.pow(left, right)
         if isinstance(right, int | Decimal) and right == 0:
             raise ExpressionError("division by zero")
@@ -91,12 +174,22 @@ ENV: Final = _Environment(
 )
 ENV.globals.clear()
 ENV.globals["__decimal__"] = _decimal_literal
-ENV.globals.update({"range": ENV.globals.get("range", range)})
-ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__"})
+ENV.globals["__concat__"] = _concat
+# The sandbox's range, which refuses huge ranges; the builtin one does not.
+ENV.globals["range"] = safe_range
+ENV.filters.update({name: _guarded_filter(name, f) for name, f in ENV.filters.items()})
+ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__", "__concat__"})
 
 
 class _FloatsToDecimals(NodeTransformer):
-    """``1.2`` in a source becomes ``__decimal__('1.2')``."""
+    """``1.2`` in a source becomes ``__decimal__('1.2')``; ``a ~ b`` calls ``__concat__``."""
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        parts = [self.visit(part) for part in node.nodes]
+        call = nodes.Call(nodes.Name("__concat__", "load"), parts, [], None, None)
+        call.set_lineno(node.lineno or 1)
+        call.set_environment(ENV)
+        return call
 
     def visit_Const(self, node: nodes.Const) -> nodes.Node:
         if isinstance(node.value, float):
@@ -134,8 +227,34 @@ class Compiled:
             raise ExpressionError(_explain(exc)) from None
 
 
+def _to_data(value: Any) -> Any:
+    """An expression's result as run data: JSON-like, no Jinja objects inside."""
+    if isinstance(value, Undefined):
+        return None
+    if value is None or isinstance(value, bool | int | float | Decimal | datetime):
+        return value
+    if isinstance(value, str):
+        return str(value)  # Markup and other subclasses become plain text
+    if isinstance(value, list | tuple):
+        return [_to_data(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_data(v) for k, v in value.items()}
+    raise ExpressionError(
+        f"the result is a {type(value).__name__}, not data (a filter like |list may help)"
+    )
+
+
+# Compiling Python from a template can fail past Jinja's own checks: too many
+# nested loops, integer literals too long to convert, too deep a nesting.
+_COMPILE_ERRORS: Final = (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError)
+
+
 def _explain(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ValueError) and "integer string conversion" in text:
+        return "a number has too many digits"
     if isinstance(exc, ZeroDivisionError) or "DivisionByZero" in type(exc).__name__:
         return "division by zero"
     if isinstance(exc, DecimalException):
@@ -159,8 +278,10 @@ def compile_expression(source: str) -> Compiled:
         template = ENV.from_string(tree)
     except TemplateError as exc:
         raise ExpressionError(f"invalid expression: {exc}") from None
+    except _COMPILE_ERRORS as exc:
+        raise ExpressionError(f"invalid expression: {_explain(exc)}") from None
     evaluate = TemplateExpression(template, undefined_to_none=True)
-    return Compiled(source, _names(tree), lambda scope: evaluate(dict(scope)))
+    return Compiled(source, _names(tree), lambda scope: _to_data(evaluate(dict(scope))))
 
 
 def compile_template(source: str) -> Compiled:
@@ -170,6 +291,8 @@ def compile_template(source: str) -> Compiled:
         template: Template = ENV.from_string(tree)
     except TemplateError as exc:
         raise ExpressionError(f"invalid template: {exc}") from None
+    except _COMPILE_ERRORS as exc:
+        raise ExpressionError(f"invalid template: {_explain(exc)}") from None
 
     def render(scope: Mapping[str, Any]) -> str:
         out: list[str] = []
