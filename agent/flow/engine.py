@@ -410,10 +410,12 @@ class Engine:
         connector = self.flow.connectors[element.connector or ""]
         scope = state.values
         secret_scope, redact = self._secret_scope(connector.headers, secrets)
-        headers = {
-            k: _header(v)
-            for k, v in self._render(connector.headers, {**scope, **secret_scope}).items()
-        }
+        try:
+            rendered = self._render(connector.headers, {**scope, **secret_scope})
+        except RunFault as fault:
+            # Jinja's messages can quote an operand ("'<token>' is not in list").
+            raise RunFault(_redacted(str(fault), redact)) from None
+        headers = {k: _header(v) for k, v in rendered.items()}
         if element.headers:
             headers.update({k: _header(v) for k, v in self._render(element.headers, scope).items()})
         action = element.action or ""
@@ -478,7 +480,8 @@ class Engine:
                 f"run {state.run_id} is not waiting for connector visit {event.visit}"
             )
         new = state.copy()
-        new.pending = None
+        # A callback answer arrives while the run is waiting on it.
+        new.pending, new.status, new.waiting = None, "running", None
         element = self.flow.elements[pending["element"]]
         result = event.result
         if result.wait:
@@ -632,7 +635,12 @@ class Engine:
                 raise RunFault(
                     f"wait seconds must be a number of at least 0, got {V.describe(seconds)}"
                 )
-            return now + timedelta(seconds=float(seconds))
+            try:
+                return now + timedelta(seconds=float(seconds))
+            except OverflowError:
+                raise RunFault(
+                    f"wait seconds {V.format_number(V.to_decimal(seconds))} is too far away"
+                ) from None
         until = self._operand(element.until, scope) if element.until else None
         if isinstance(until, str):
             try:
@@ -745,6 +753,12 @@ def _response_part(result: ConnectorResult, source: str) -> Any:
             continue
         parts.append(int(chunk[1:-1]) if chunk.startswith("[") else chunk)
     return _get({"b": result.body}, ["b", *parts])
+
+
+def _redacted(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+    return text
 
 
 def _header(value: Any) -> str:
