@@ -710,3 +710,8 @@ class FlowParser:
         if "outputs" in spec:
             out["outputs"] = self._outputs(spec["outputs"], path / "outputs", None)
         return out
+
+
+# The built-in types beyond http register their grammar on import; last, so
+# that the names it imports from this module exist by then.
+from . import connector_types  # noqa: E402, F401
