@@ -115,7 +115,28 @@ def _m002_link(db: Database) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link)
+def _m003_secrets(db: Database) -> None:
+    """The agent's secret store (``agent.secrets``): AES-GCM ciphertexts only.
+
+    ``nonce`` and ``ciphertext`` are the AES-GCM nonce and sealed value (tag
+    included) under the key in ``secrets.key``; the name is bound as the
+    associated data, so a row copied under another name does not open.
+    """
+    db.create_table(
+        "secrets",
+        {
+            "name": str,
+            "nonce": bytes,
+            "ciphertext": bytes,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="name",
+        not_null={"nonce", "ciphertext", "created_at", "updated_at"},
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link, _m003_secrets)
 
 
 class SchemaTooNew(StoreError):
