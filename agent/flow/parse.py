@@ -258,7 +258,10 @@ class FlowParser:
                 self.c.error(here, f"{name!r} is not a valid connector name")
                 continue
             if not isinstance(spec, dict) or "type" not in spec:
-                self.c.obj(spec, here, allowed=("type",), required=("type",))
+                # Without a type its other keys cannot be judged: one issue, not one per key.
+                self.c.obj(spec, here, allowed=spec.keys() if isinstance(spec, dict) else ())
+                if isinstance(spec, dict):
+                    self.c.error(here, "missing required field 'type'")
                 continue
             kind = CONNECTOR_TYPES.get(spec["type"]) if isinstance(spec["type"], str) else None
             if kind is None:
@@ -309,8 +312,8 @@ class FlowParser:
                     except CronError as exc:
                         self.c.error(here / "schedule", str(exc))
                 tz = spec.get("timezone")
-                if tz is not None and self._timezone(tz, here / "timezone"):
-                    pass
+                if "timezone" in spec:
+                    self._timezone(tz, here / "timezone")
                 out.append(Trigger(schedule=cron, timezone=tz if isinstance(tz, str) else None))
             elif isinstance(spec, dict) and "webhook" in spec:
                 self.c.obj(spec, here, allowed=("webhook", "secret"))
@@ -533,8 +536,23 @@ class FlowParser:
                     path / "seconds", f"expected a number of seconds, got {V.describe(raw)}"
                 )
                 return {}
-            return {"seconds": parse_operand(self.c, path / "seconds", raw, scope)}
-        return {"until": parse_operand(self.c, path / "until", spec["until"], scope)}
+            seconds = parse_operand(self.c, path / "seconds", raw, scope)
+            if seconds and seconds.kind == "literal" and not V.is_number(seconds.value):
+                got = V.describe(seconds.value)
+                self.c.error(path / "seconds", f"expected a number of seconds, got {got}")
+                return {}
+            return {"seconds": seconds}
+        until = parse_operand(self.c, path / "until", spec["until"], scope)
+        if until is not None and until.kind == "literal":
+            # A literal is known now: refuse it now rather than fail every run.
+            try:
+                if until.value is None:
+                    raise V.ConversionError("expected an ISO 8601 datetime, got null")
+                V.convert("datetime", until.value)
+            except V.ConversionError as exc:
+                self.c.error(path / "until", str(exc))
+                return {}
+        return {"until": until}
 
     def _el_operator(self, spec: dict[str, Any], path: Path) -> dict[str, Any]:
         raw = spec.get("operations")
@@ -589,7 +607,9 @@ class FlowParser:
                 self.c.error(path / arg, f"{op} needs a number, got {V.describe(operand.value)}")
         return Operation(op, str(raw[op]), target_path, operand)
 
-    def _outputs(self, raw: Any, path: Path, pattern: re.Pattern[str] | None) -> dict[str, str]:
+    def _outputs(
+        self, raw: Any, path: Path, pattern: re.Pattern[str] | None, *, what: str
+    ) -> dict[str, str]:
         if not isinstance(raw, dict):
             self.c.error(path, f"expected an object of value names, got {V.describe(raw)}")
             return {}
@@ -606,9 +626,7 @@ class FlowParser:
             if self.c.string(source, here) is None:
                 continue
             if pattern is not None and not pattern.fullmatch(source):
-                self.c.error(
-                    here, f"{source!r} is not one of status, headers.NAME, body, body.PATH"
-                )
+                self.c.error(here, f"{source!r} is not {what}")
                 continue
             out[name] = source
         return out
@@ -648,7 +666,10 @@ class FlowParser:
             out["headers"] = self._headers(spec["headers"], path / "headers", secrets=False)
         if "outputs" in spec:
             out["outputs"] = self._outputs(
-                spec["outputs"], path / "outputs", kind.outputs if kind else None
+                spec["outputs"],
+                path / "outputs",
+                kind.outputs if kind else None,
+                what="one of status, headers.NAME, body, body.PATH",
             )
         if "retry" in spec:
             body = self.c.obj(spec["retry"], path / "retry", allowed=("attempts", "backoff"))
@@ -704,11 +725,19 @@ class FlowParser:
             if not isinstance(spec["inputs"], dict):
                 self.c.error(path / "inputs", "expected an object of the child's input values")
             else:
+                for name in spec["inputs"]:
+                    if not VALUE_NAME.fullmatch(name):
+                        self.c.error(path / "inputs" / name, f"{name!r} is not a valid value name")
                 out["inputs"] = parse_render(
                     self.c, path / "inputs", spec["inputs"], Scope(self.value_types)
                 )
         if "outputs" in spec:
-            out["outputs"] = self._outputs(spec["outputs"], path / "outputs", None)
+            out["outputs"] = self._outputs(
+                spec["outputs"],
+                path / "outputs",
+                VALUE_NAME,
+                what="a valid value name of the child flow",
+            )
         return out
 
 
