@@ -2,7 +2,8 @@
 
 Every file in ``invalid/`` is ``{"expect": [[path, fragment], ...], "flow": {...}}``.
 The document must be refused with exactly those issues (no more): each one at
-that path, its message containing that fragment (case-insensitive).
+that path, its message containing that fragment (case-insensitive).  Two files
+hold NaN and Infinity on purpose: Python's json module reads them.
 """
 
 from __future__ import annotations
@@ -43,9 +44,7 @@ def test_invalid_document_gives_its_issues(path: Path) -> None:
     expected = [(str(where), str(fragment)) for where, fragment in case["expect"]]
     issues = issues_of(case["flow"])
     for where, fragment in expected:
-        matches = [
-            i for i in issues if i.path == where and fragment.lower() in i.message.lower()
-        ]
+        matches = [i for i in issues if i.path == where and fragment.lower() in i.message.lower()]
         assert matches, f"no issue at {where!r} mentioning {fragment!r}; got:\n{describe(issues)}"
     assert len(issues) == len(expected), f"unexpected extra issues:\n{describe(issues)}"
     for issue in issues:
@@ -107,7 +106,11 @@ def test_a_flow_with_every_element_type_parses() -> None:
     assert types == {"decision", "operator", "message", "page", "step", "wait", "subflow", "end"}
     notify = flow.elements["notify"]
     assert notify.retry_attempts == 3 and notify.retry_backoff == 0.25
-    assert notify.outputs == {"ticket": "body.id", "http_status": "status", "trace": "headers.X-Trace"}
+    assert notify.outputs == {
+        "ticket": "body.id",
+        "http_status": "status",
+        "trace": "headers.X-Trace",
+    }
     assert flow.connectors["erp"].timeout == 10
     assert [t.schedule for t in flow.triggers] == ["*/5 * * * *", None]
     assert flow.triggers[1].webhook
@@ -116,9 +119,7 @@ def test_a_flow_with_every_element_type_parses() -> None:
 
 
 def test_version_defaults_to_zero_and_unreached_elements_are_allowed() -> None:
-    doc = flow_doc(
-        elements={"a": {"type": "end"}, "island": {"type": "end", "status": "failed"}}
-    )
+    doc = flow_doc(elements={"a": {"type": "end"}, "island": {"type": "end", "status": "failed"}})
     flow = parse_flow(doc)
     assert flow.version == 0
     assert "island" in flow.elements
