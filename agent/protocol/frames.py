@@ -317,7 +317,9 @@ def encode(msg: Message, *, max_bytes: int = MAX_FRAME_BYTES) -> str:
     return text
 
 
-def decode(text: str, *, max_bytes: int = MAX_FRAME_BYTES, max_depth: int = MAX_DEPTH) -> Message:
+def decode(
+    text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES, max_depth: int = MAX_DEPTH
+) -> Message:
     """Parse one frame from the peer; raises only RemoteProtocolError subclasses."""
     if not isinstance(text, str):
         raise MalformedFrame("frame is not text; frames are JSON text objects")

@@ -160,8 +160,12 @@ class Session:
         self._advance(msg.TYPE)
         return text
 
-    def receive(self, text: str) -> Message:
-        """Decode and check a frame from the peer; raises RemoteProtocolError if refused."""
+    def receive(self, text: str | bytes) -> Message:
+        """Decode and check a frame from the peer; raises RemoteProtocolError if refused.
+
+        ``bytes`` (a binary websocket frame) is accepted only to be refused like
+        any other malformed frame.
+        """
         if self._state is SessionState.CLOSED:
             raise LocalProtocolError("cannot receive: the session is closed")
         try:
