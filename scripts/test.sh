@@ -13,7 +13,7 @@ python -m pip install --quiet --upgrade pip >/dev/null
 python -m pip install --quiet -e '.[test]'
 
 echo "== ruff"
-ruff check agent controlplane tests bench
+ruff check .
 echo "== mypy (strict on the pure core)"
 mypy agent/flow agent/protocol
 echo "== pytest"
