@@ -86,6 +86,41 @@ class RunNotFound(OperationError):
     pass
 
 
+class _RunLock:
+    """The lock of one run tree, dropped from its table when nobody holds or awaits it.
+
+    Kept forever, the table would grow by an entry for every run ever started
+    (state lives on disk; memory must not grow with waiting runs).
+    """
+
+    __slots__ = ("_lock", "_root", "_table", "_users")
+
+    def __init__(self, table: dict[str, _RunLock], root: str) -> None:
+        self._lock = asyncio.Lock()
+        self._table = table
+        self._root = root
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        # Counted before the first await: the entry cannot be dropped between
+        # ``Runner._lock`` handing it out and this coroutine waiting on it.
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if self._users == 0 and self._table.get(self._root) is self:
+            del self._table[self._root]
+
+
 class Runner:
     def __init__(
         self,
@@ -107,7 +142,7 @@ class Runner:
         self.clock = clock
         self.inline_wait = inline_wait  # timers due within this many seconds are slept through
         self.sleep = sleep
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _RunLock] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -165,6 +200,21 @@ class Runner:
             engine, state = self._load(run_id)
             await self._continue(engine, state)
 
+    async def deliver(self, run_id: str, event: Event) -> dict[str, Any]:
+        """Feed ``event`` to the run waiting for it; drive on; return the result.
+
+        For answers that arrive from outside later, such as a connector
+        service's callback (``ConnectorDone`` for the visit it waited on).
+        Raises ``RunNotFound``, or ``EngineMisuse`` when the run is not waiting
+        for that event; the run is unchanged then.
+        """
+        async with self._lock(run_id):
+            engine, state = self._load(run_id)
+            step = engine.feed(state, event, now=self.now(), secrets=self.secrets)
+            self._commit(engine, step, previous=state.status)
+            await self._drive(engine, step)
+        return await self.result_of(run_id)
+
     async def result_of(self, run_id: str) -> dict[str, Any]:
         engine, state = self._load(run_id)
         return await self._result(engine, state)
@@ -182,11 +232,11 @@ class Runner:
         return result
 
     # -- internals --------------------------------------------------------------------
-    def _lock(self, run_id: str) -> asyncio.Lock:
+    def _lock(self, run_id: str) -> _RunLock:
         root = run_id.split(".", 1)[0]
         lock = self._locks.get(root)
         if lock is None:
-            lock = self._locks[root] = asyncio.Lock()
+            lock = self._locks[root] = _RunLock(self._locks, root)
         return lock
 
     def _load(self, run_id: str) -> tuple[Engine, RunState]:
