@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "cancelled"))
     p.add_argument("--json", action="store_true", help="print a list of run results")
     p.set_defaults(handler=cli_local.runs)
+
+    from agent import cli_daemon
+
+    cli_daemon.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,221 @@
+"""``pair``, ``run``, ``status`` and ``quickstart``: the daemon-side commands (spec/cli.md).
+
+``add_parsers`` registers them on ``flow-agent``'s subcommand table; the
+handlers load settings (flag > ``FLOW_AGENT_<NAME>`` > ``--config`` file >
+default) and call into ``agent.daemon`` and ``agent.link``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.errors import OperationError, UsageError
+from agent.identity import load_identity
+from agent.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the agent's state directory (default /var/lib/flow-agent as root or under"
+        " systemd, else the user's data directory; env FLOW_AGENT_STATE_DIR)",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (env FLOW_AGENT_CONFIG)")
+
+
+def _tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="PEM file of the CA that signs the control plane's certificate (default: system CAs)",
+    )
+    p.add_argument(
+        "--allow-plaintext",
+        action="store_const",
+        const=True,
+        default=None,
+        help="allow http:// to a control plane that is not on loopback (insecure)",
+    )
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the daemon-side commands on ``flow-agent``'s subparsers."""
+    p = sub.add_parser(
+        "pair",
+        help="pair this host with a tenant, using a one-time token",
+        description="Pair this host with a tenant using a one-time token from the control"
+        " plane. Prints the agent id, tenant and control-plane URL. A used, expired or"
+        " malformed token exits 1 and says which. Prefer --token-file: a token on the"
+        " command line is visible to other local users while the command runs.",
+    )
+    p.add_argument("token", nargs="?", metavar="TOKEN", help="the pairing token")
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE; the file is wiped after a successful pairing",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing identity (re-pairing after a revocation needs no --force)",
+    )
+    _common(p)
+    _tls(p)
+    p.set_defaults(handler=pair_cmd)
+
+    p = sub.add_parser(
+        "run",
+        help="the daemon: connect to the control plane, sync flows, run them",
+        description="Connect out to the paired control plane, sync published flows, run"
+        " them and report their state. Pairs on first start from FLOW_AGENT_PAIRING_TOKEN or"
+        " FLOW_AGENT_PAIRING_TOKEN_FILE. Runs until SIGTERM/SIGINT (a second one stops at once).",
+    )
+    _common(p)
+    _tls(p)
+    p.add_argument("--heartbeat", type=float, metavar="SECONDS", help="seconds between pings")
+    p.set_defaults(handler=run_cmd)
+
+    p = sub.add_parser(
+        "status",
+        help="identity, connection state, flows, run counts, outbox depth",
+        description="Show this agent's identity, link state, active flows, run counts and"
+        " outbox depth. Works while the daemon runs.",
+    )
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(handler=status_cmd)
+
+    p = sub.add_parser(
+        "quickstart",
+        help="the one-command demo: a control plane and an agent on loopback",
+        description="Start a reference control plane and an agent on loopback, create a"
+        " tenant, pair, publish the bundled example flows, run them and print what happened"
+        " and the URLs to open.",
+    )
+    p.add_argument("--once", action="store_true", help="exit after the demo")
+    p.set_defaults(handler=quickstart_cmd)
+
+
+def _settings(args: argparse.Namespace, **flags: object) -> Settings:
+    given: dict[str, object] = {"state_dir": args.state_dir, **flags}
+    return load_settings(given, config=Path(args.config) if args.config else None)
+
+
+def _token(args: argparse.Namespace) -> tuple[str, Path | None]:
+    from agent.link.pairing import read_token_file
+
+    if args.token and args.token_file:
+        raise UsageError("give the token or --token-file, not both")
+    if args.token_file:
+        path = Path(args.token_file)
+        return read_token_file(path), path
+    if args.token:
+        return args.token, None
+    env_token = os.environ.get("FLOW_AGENT_PAIRING_TOKEN")
+    if env_token:
+        return env_token, None
+    raise UsageError("pair needs a TOKEN or --token-file FILE")
+
+
+def pair_cmd(args: argparse.Namespace) -> int:
+    from agent.link.pairing import PairingRefused, pair, wipe_token_file
+    from agent.link.state import read_link_status
+    from agent.store.sqlite import SqliteStore
+
+    settings = _settings(args, ca_file=args.ca_file, allow_plaintext=args.allow_plaintext)
+    text, path = _token(args)
+    store = SqliteStore.open(settings.state_dir, synchronous=settings.sync)
+    try:
+        existing = load_identity(settings.state_dir)
+        if existing is not None and not args.force:
+            link = read_link_status(store)
+            if not link.state.terminal:
+                raise OperationError(
+                    f"this state directory is already paired: agent {existing.agent_id} in"
+                    f" tenant {existing.tenant} ({existing.url})",
+                    hint="pass --force to replace that identity with a new one, or use"
+                    " another --state-dir",
+                )
+        try:
+            result = asyncio.run(
+                pair(
+                    text,
+                    state_dir=settings.state_dir,
+                    store=store,
+                    ca_file=settings.ca_file,
+                    allow_plaintext=settings.allow_plaintext,
+                )
+            )
+        except PairingRefused:
+            # A used, expired or unknown token is worth nothing: do not leave it lying around.
+            if path is not None:
+                wipe_token_file(path)
+            raise
+    finally:
+        store.close()
+    if path is not None:
+        wipe_token_file(path)
+    identity = result.identity
+    print(f"agent id:      {identity.agent_id}")
+    print(f"tenant:        {identity.tenant}")
+    print(f"control plane: {identity.url} (region {identity.region})")
+    print(f"state:         {settings.state_dir}")
+    return EXIT_OK
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from agent.daemon import run_daemon
+
+    settings = _settings(
+        args,
+        ca_file=args.ca_file,
+        allow_plaintext=args.allow_plaintext,
+        heartbeat=args.heartbeat,
+    )
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        # A daemon says what it does; -v is for the one-shot commands.
+        root.setLevel(logging.INFO)
+    return asyncio.run(run_daemon(settings))
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    from agent.link.status import format_status, read_status, status_json
+
+    settings = _settings(args)
+    if not settings.state_dir.exists():
+        raise OperationError(
+            f"{settings.state_dir} does not exist: this agent was never paired or run here",
+            hint="pass --state-dir, or pair first: flow-agent pair TOKEN",
+        )
+    status = read_status(settings.state_dir)
+    if args.json:
+        print(status_json(status))
+    else:
+        for line in format_status(status):
+            print(line)
+    return EXIT_OK if status.identity is not None else EXIT_FAILED
+
+
+def quickstart_cmd(args: argparse.Namespace) -> int:
+    from agent.link.quickstart import quickstart
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    code = asyncio.run(quickstart(once=args.once, say=say))
+    if code:
+        print("flow-agent: quickstart: a demo run did not go as expected", file=sys.stderr)
+    return code
+
+
+__all__ = ["add_parsers", "pair_cmd", "quickstart_cmd", "run_cmd", "status_cmd"]

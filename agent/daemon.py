@@ -1,0 +1,292 @@
+"""``flow-agent run``: the daemon, one supervisor owning every task.
+
+Start-up: open the store (its directory lock refuses a second agent), pair
+from ``FLOW_AGENT_PAIRING_TOKEN``/``FLOW_AGENT_PAIRING_TOKEN_FILE`` when the
+state directory has no identity yet, assemble the runner and the link, then
+run in one ``asyncio.TaskGroup``: the link, the timer loop that wakes due
+runs, and every task that drives a run (started from the group by
+``RunPool``).  Runs found ``running`` at start were interrupted by a crash;
+they go on from their last commit.
+
+Stopping is two-stage.  The first SIGTERM/SIGINT: take no new runs (the
+control plane hears ``draining``), stop waking timers, give running runs up
+to ``drain_timeout`` to finish or park, give the outbox a moment to drain,
+close the link, exit 0.  A second signal cancels the running runs at once;
+their last step is committed, so the next start resumes them.
+
+Synced flows keep running while the control plane is unreachable: timers
+and resumes need only the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.connectors.registry import ConnectorRegistry, default_registry
+from agent.errors import AgentError, ConfigError
+from agent.identity import Identity, load_identity, load_private_key
+from agent.link.client import Link, LinkOptions
+from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
+from agent.link.outbox import Outbox, OutboxObserver
+from agent.link.pairing import adopt_identity, pair, read_token_file, wipe_token_file
+from agent.link.state import LinkState, read_link_status
+from agent.link.sync import FlowSync
+from agent.link.transport import check_plaintext, link_url, open_link
+from agent.runtime.runner import Runner
+from agent.settings import Settings
+from agent.store.sqlite import SqliteStore
+
+log = logging.getLogger("flow_agent.daemon")
+
+FLUSH_ON_STOP: Final = 2.0  # seconds to let the outbox drain before the link closes
+WAKE_RETRY: Final = 60.0  # a run that could not be woken is tried again after this long
+
+
+class Agent:
+    """The assembled agent around one open store and one identity."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: SqliteStore,
+        identity: Identity,
+        key: Ed25519PrivateKey,
+        registry: ConnectorRegistry | None = None,
+        secrets: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.identity = identity
+        self.clock = clock
+        self.mono = mono
+        self.registry = registry or default_registry()
+        self.outbox = Outbox(store, limit=settings.outbox_limit)
+        self.observer = OutboxObserver(
+            self.outbox, report_outputs=settings.report_outputs, clock=clock, mono=mono
+        )
+        self.catalog = TimedCatalog(store, clock=clock, mono=mono)
+        self.runner = Runner(
+            store=store,
+            catalog=self.catalog,
+            connectors=self.registry,
+            secrets=secrets,
+            observer=self.observer,
+            clock=clock,
+        )
+        self.pool = RunPool()
+        self.sync = FlowSync(store=store, outbox=self.outbox, identity=identity, clock=clock)
+
+        def hook(callback: Callable[[str], None]) -> None:
+            self.observer.on_started = callback
+
+        self.dispatcher = Dispatcher(
+            runner=self.runner,
+            pool=self.pool,
+            outbox=self.outbox,
+            is_synced=self.sync.is_synced,
+            on_started_hook=hook,
+        )
+        url = link_url(identity.url)
+        check_plaintext(url, allow_plaintext=settings.allow_plaintext)
+        self.link = Link(
+            identity=identity,
+            key=key,
+            store=store,
+            outbox=self.outbox,
+            sync=self.sync,
+            dispatcher=self.dispatcher,
+            options=LinkOptions(
+                url=url,
+                heartbeat=settings.heartbeat,
+                max_frame_bytes=settings.max_frame_bytes,
+                handshake_timeout=settings.connect_timeout,
+                status_interval=settings.status_interval,
+            ),
+            open_ws=self._open,
+            mono=mono,
+            clock=clock,
+        )
+        self.ready = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self.force = asyncio.Event()
+        self._wake_failed: dict[str, float] = {}
+
+    async def _open(self, url: str) -> Any:
+        return await open_link(
+            url,
+            ca_file=self.settings.ca_file,
+            max_frame_bytes=self.settings.max_frame_bytes,
+            open_timeout=self.settings.connect_timeout,
+        )
+
+    def request_stop(self) -> None:
+        """First call: drain and stop; second call: stop now."""
+        if self.stop_requested.is_set():
+            log.warning("second stop request: cancelling running runs (they resume on restart)")
+            self.force.set()
+        else:
+            log.info("stopping: no new runs, waiting for running ones to finish or park")
+            self.stop_requested.set()
+
+    async def serve(self) -> None:
+        """Run until ``request_stop``; every task lives in this one group."""
+        link_enabled = self._link_allowed()
+        async with asyncio.TaskGroup() as group:
+            self.pool.bind(group)
+            link_task = group.create_task(self._link_main(), name="link") if link_enabled else None
+            timers = group.create_task(self._timers(), name="timers")
+            for run_id in interrupted_runs(self.runner):
+                log.info("run %s was interrupted; resuming it", run_id)
+                self.pool.spawn(run_id, self._wake(run_id))
+            self.ready.set()
+            await self.stop_requested.wait()
+            timers.cancel()
+            finished = await self.pool.drain(self.settings.drain_timeout, force=self.force)
+            if not finished:
+                log.warning("some runs were still busy; they resume where they were on restart")
+            if link_task is not None:
+                await self._flush()
+            self.link.stop()
+        await self.registry.close_all()
+
+    def _link_allowed(self) -> bool:
+        status = read_link_status(self.store)
+        if status.state.terminal:
+            log.error(
+                "the control plane %s this agent (%s); it will not connect again."
+                " Pair it again with a new token: flow-agent pair TOKEN --force",
+                "revoked" if status.state is LinkState.REVOKED else "refused",
+                status.detail or status.state.value,
+            )
+            return False
+        return True
+
+    async def _link_main(self) -> None:
+        state = await self.link.run()
+        if state.terminal:
+            log.error(
+                "the link is closed for good (%s); runs already here keep their timers,"
+                " but no new work arrives until the agent is paired again",
+                state.value,
+            )
+
+    async def _flush(self) -> None:
+        deadline = self.mono() + FLUSH_ON_STOP
+        while self.link.ready.is_set() and self.outbox.depth() and self.mono() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _timers(self) -> None:
+        while True:
+            now = self.clock()
+            for record in self.store.due_runs(now):
+                retry = self._wake_failed.get(record.run_id)
+                if retry is not None and self.mono() < retry:
+                    continue
+                self.pool.spawn(record.run_id, self._wake(record.run_id))
+            await asyncio.sleep(self.settings.timer_interval)
+
+    async def _wake(self, run_id: str) -> None:
+        try:
+            await self.runner.wake(run_id)
+        except AgentError as exc:
+            log.error("cannot continue run %s: %s (trying again later)", run_id, exc)
+            self._wake_failed[run_id] = self.mono() + WAKE_RETRY
+        else:
+            self._wake_failed.pop(run_id, None)
+
+
+def token_from_env(env: Mapping[str, str]) -> tuple[str | None, Path | None]:
+    """The pairing token of a container start: (text, file it came from)."""
+    text = env.get("FLOW_AGENT_PAIRING_TOKEN")
+    if text:
+        return text, None
+    name = env.get("FLOW_AGENT_PAIRING_TOKEN_FILE")
+    if name:
+        path = Path(name)
+        return read_token_file(path), path
+    return None, None
+
+
+async def ensure_identity(
+    settings: Settings, store: SqliteStore, *, env: Mapping[str, str]
+) -> Identity:
+    """The stored identity, or a new one from the environment's token (first start)."""
+    identity = load_identity(settings.state_dir)
+    if identity is None:
+        text, path = token_from_env(env)
+        if text is None:
+            raise ConfigError(
+                f"this agent is not paired ({settings.state_dir} holds no identity)",
+                hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
+                " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
+            )
+        log.info("not paired yet: pairing with the token from the environment")
+        result = await pair(
+            text,
+            state_dir=settings.state_dir,
+            store=store,
+            ca_file=settings.ca_file,
+            allow_plaintext=settings.allow_plaintext,
+        )
+        if path is not None:
+            wipe_token_file(path)
+        identity = result.identity
+        log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
+    elif token_from_env(env)[0] is not None:
+        log.info("already paired as %s; the pairing token is not used", identity.agent_id)
+    adopt_identity(store, identity)
+    return identity
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    install_signals: bool = True,
+    on_agent: Callable[[Agent], None] | None = None,
+) -> int:
+    """The whole daemon; returns the exit code (0 after a requested stop)."""
+    env = os.environ if env is None else env
+    store = SqliteStore.open(settings.state_dir, synchronous=settings.sync)
+    try:
+        identity = await ensure_identity(settings, store, env=env)
+        key = load_private_key(settings.state_dir)
+        agent = Agent(settings, store=store, identity=identity, key=key)
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, agent.request_stop)
+        if on_agent is not None:
+            on_agent(agent)
+        log.info(
+            "flow-agent %s in tenant %s, control plane %s, state %s",
+            identity.agent_id,
+            identity.tenant,
+            identity.url,
+            settings.state_dir,
+        )
+        try:
+            await agent.serve()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+    finally:
+        store.close()
+    log.info("stopped")
+    return 0
+
+
+__all__ = ["Agent", "ensure_identity", "run_daemon", "token_from_env"]

@@ -1,0 +1,312 @@
+"""The durable outbox: events for the control plane, committed with the run state.
+
+Every event gets the next per-agent sequence number (1, 2, 3...) in the same
+SQLite transaction that commits the run step it describes, so an event exists
+exactly when its step does: a killed agent neither loses nor invents one.
+Rows leave the outbox only when the control plane acknowledges them (``ack``
+deletes every row up to a sequence number), and numbers are handed out from
+a one-row counter, never from ``max(seq)``, so they stay contiguous after
+deletions.
+
+The outbox has a bound (``limit``).  Reaching it never drops an event: it
+makes the dispatcher refuse *new* runs (``outbox_full``) while runs already
+accepted keep reporting.
+
+Business data stays local: :func:`minimise` strips run outputs and page
+field values unless the ``report_outputs`` setting allows them; secrets are
+never in a run result to begin with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from agent.errors import StoreError
+from agent.flow.engine import Visit
+from agent.protocol.frames import Event
+from agent.store.sqlite import SqliteStore
+
+log = logging.getLogger("flow_agent.outbox")
+
+DEFAULT_LIMIT: Final = 100_000
+# One event must fit a frame with room to spare; a run with a huge path or
+# huge outputs is reported trimmed rather than not at all.
+MAX_EVENT_BYTES: Final = 256 * 1024
+_KEEP_PATH: Final = 200
+# Elements a run stays inside after the step that entered them.
+_WAITING_TYPES: Final = frozenset({"page", "step", "wait", "subflow"})
+
+
+def connection(store: SqliteStore) -> sqlite3.Connection:
+    """The store's one writer connection, so outbox rows join its transactions.
+
+    ``SqliteStore`` has no public accessor; the outbox must write through the
+    very connection whose transaction the runner holds open.
+    """
+    conn: sqlite3.Connection = store._conn
+    return conn
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def minimise(result: dict[str, Any], *, report_outputs: bool) -> dict[str, Any]:
+    """The run result as it may leave this host.
+
+    Without ``report_outputs``: no ``outputs`` key, and a waiting page keeps
+    its shape (element, outcomes, field names and types) but loses the
+    current field values and the title/content rendered from values.
+    """
+    data = dict(result)
+    waiting = data.get("waiting")
+    if not report_outputs:
+        data.pop("outputs", None)
+        if isinstance(waiting, dict):
+            waiting = {k: v for k, v in waiting.items() if k not in ("title", "content")}
+            fields = waiting.get("fields")
+            if isinstance(fields, list):
+                waiting["fields"] = [
+                    {k: v for k, v in f.items() if k != "current"} if isinstance(f, dict) else f
+                    for f in fields
+                ]
+            data["waiting"] = waiting
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    if len(text.encode("utf-8")) > MAX_EVENT_BYTES:
+        data.pop("outputs", None)
+        path = data.get("path")
+        if isinstance(path, list) and len(path) > _KEEP_PATH:
+            data["path"] = path[-_KEEP_PATH:]
+            data["path_trimmed"] = len(path) - _KEEP_PATH
+        data["truncated"] = True
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    kind: str
+    run_id: str | None
+    at: str
+    data: dict[str, Any]
+
+
+class Outbox:
+    """The outbox table of one store; all calls run on the store's thread."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        on_append: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.limit = limit
+        self._conn = connection(store)
+        # Told after events were added (the link wakes its sender).
+        self.on_append = on_append
+
+    def _fail(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        return StoreError(f"cannot {doing} in {self.store.path}: {exc}")
+
+    def append(self, events: Sequence[NewEvent]) -> int:
+        """Add events with the next sequence numbers; returns the last one.
+
+        Joins the caller's transaction when one is open, else opens its own.
+        """
+        if not events:
+            return self.last_seq()
+        with self.store.transaction():
+            try:
+                (last,) = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
+                rows = []
+                for offset, event in enumerate(events, start=1):
+                    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+                    rows.append((last + offset, event.kind, event.run_id, event.at, data))
+                self._conn.executemany(
+                    "INSERT INTO outbox (seq, kind, run_id, at, data) VALUES (?, ?, ?, ?, ?)", rows
+                )
+                last += len(rows)
+                self._conn.execute("UPDATE outbox_seq SET last = ? WHERE id = 1", (last,))
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "add events to the outbox") from exc
+        if self.on_append is not None:
+            self.on_append()
+        return int(last)
+
+    def pending(self, *, after: int, limit: int = 500) -> list[Event]:
+        """Unacknowledged events with ``seq > after``, oldest first."""
+        try:
+            rows = self._conn.execute(
+                "SELECT seq, kind, run_id, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "read the outbox") from exc
+        return [
+            Event(seq=seq, kind=kind, run_id=run_id, at=at, data=json.loads(data))
+            for seq, kind, run_id, at, data in rows
+        ]
+
+    def ack(self, seq: int) -> int:
+        """The control plane stored every event up to ``seq``: drop them; returns how many."""
+        with self.store.transaction():
+            try:
+                cursor = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "remove acknowledged events") from exc
+        return cursor.rowcount
+
+    def last_seq(self) -> int:
+        row = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
+        return int(row[0])
+
+    def first_seq(self) -> int | None:
+        row = self._conn.execute("SELECT min(seq) FROM outbox").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def depth(self) -> int:
+        """Events not yet acknowledged (contiguous, so no table scan)."""
+        first = self.first_seq()
+        return 0 if first is None else self.last_seq() - first + 1
+
+    def full(self) -> bool:
+        return self.depth() >= self.limit
+
+    def skip_to(self, seq: int) -> None:
+        """Hand out numbers after ``seq`` from now on (never backwards)."""
+        with self.store.transaction():
+            self._conn.execute("UPDATE outbox_seq SET last = max(last, ?) WHERE id = 1", (seq,))
+
+    def reset(self) -> None:
+        """Forget every event and restart numbering: a new identity starts at seq 1."""
+        with self.store.transaction():
+            self._conn.execute("DELETE FROM outbox")
+            self._conn.execute("DELETE FROM outbox_open")
+            self._conn.execute("UPDATE outbox_seq SET last = 0 WHERE id = 1")
+
+
+class OutboxObserver:
+    """The runner's observer: turns every committed step into outbox events.
+
+    Called inside the step's transaction, so the events commit with it.
+    ``mono`` must be the clock the engines time their visits with (see
+    :class:`agent.link.catalog.TimedCatalog`); ``clock`` is wall time.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        report_outputs: bool = False,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.outbox = outbox
+        self.report_outputs = report_outputs
+        self.clock = clock
+        self.mono = mono
+        self._conn = outbox._conn
+        # Told about a run's first commit (the dispatcher acks start_run on it).
+        self.on_started: Callable[[str], None] | None = None
+
+    def committed(
+        self,
+        *,
+        result: dict[str, Any],
+        previous: str | None,
+        visits: tuple[Visit, ...],
+        parent_id: str | None,
+    ) -> None:
+        run_id = str(result["run_id"])
+        now, mono = self.clock(), self.mono()
+        status = result["status"]
+        data = minimise(result, report_outputs=self.report_outputs)
+        events: list[NewEvent] = []
+        if previous is None:
+            events.append(NewEvent("run.started", run_id, iso(now), data))
+        else:
+            events.extend(self._close_open_visit(run_id, now))
+        waiting = result.get("waiting") or {}
+        for index, visit in enumerate(visits):
+            entered = now - max(mono - visit.started, 0.0)
+            base = {"element": visit.element, "type": visit.type, "visit": visit.visit}
+            events.append(NewEvent("element.entered", run_id, iso(entered), dict(base)))
+            last = index == len(visits) - 1
+            stays = last and (
+                (status == "running" and visit.type == "message")
+                or (
+                    status == "waiting"
+                    and visit.type in _WAITING_TYPES
+                    and waiting.get("element") == visit.element
+                )
+            )
+            if stays:
+                self._open_visit(run_id, visit, entered)
+            else:
+                duration = max(visit.ended - visit.started, 0.0) * 1000
+                left = now - max(mono - visit.ended, 0.0)
+                events.append(
+                    NewEvent(
+                        "element.left",
+                        run_id,
+                        iso(left),
+                        {
+                            "element": visit.element,
+                            "visit": visit.visit,
+                            "duration_ms": round(duration, 3),
+                        },
+                    )
+                )
+        if status == "waiting" and (previous != "waiting" or visits):
+            events.append(NewEvent("run.waiting", run_id, iso(now), data))
+        elif status in ("completed", "failed", "cancelled"):
+            events.append(NewEvent(f"run.{status}", run_id, iso(now), data))
+        self.outbox.append(events)
+        if previous is None and self.on_started is not None:
+            self.on_started(run_id)
+
+    def _open_visit(self, run_id: str, visit: Visit, entered: float) -> None:
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO outbox_open (run_id, element, visit, entered_at)"
+                " VALUES (?, ?, ?, ?)",
+                (run_id, visit.element, visit.visit, entered),
+            )
+        except sqlite3.Error as exc:
+            raise self.outbox._fail(exc, "record an open element visit") from exc
+
+    def _close_open_visit(self, run_id: str, now: float) -> list[NewEvent]:
+        try:
+            row = self._conn.execute(
+                "SELECT element, visit, entered_at FROM outbox_open WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                return []
+            self._conn.execute("DELETE FROM outbox_open WHERE run_id = ?", (run_id,))
+        except sqlite3.Error as exc:
+            raise self.outbox._fail(exc, "close an open element visit") from exc
+        element, visit, entered = row
+        # Wall time: the visit may have spanned a restart, which a monotonic clock cannot.
+        duration = max(now - float(entered), 0.0) * 1000
+        data = {"element": element, "visit": visit, "duration_ms": round(duration, 3)}
+        return [NewEvent("element.left", run_id, iso(now), data)]
+
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_EVENT_BYTES",
+    "NewEvent",
+    "Outbox",
+    "OutboxObserver",
+    "connection",
+    "iso",
+    "minimise",
+]

@@ -1,0 +1,240 @@
+"""Settings of the daemon-side commands (``pair``, ``run``, ``status``, ``quickstart``).
+
+One table of settings, four sources, one rule: a command-line flag beats the
+environment (``FLOW_AGENT_<NAME>``), which beats the TOML file given with
+``--config`` (or ``FLOW_AGENT_CONFIG``), which beats the default.  An unknown
+key in the file or an unknown ``FLOW_AGENT_`` variable is an error naming it:
+a typo must not silently leave a setting at its default.
+
+Every setting is listed in ``SETTINGS`` with its type, default and a line of
+help; ``docs/pairing.md`` documents them.  A later issue extends the table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+from agent.errors import UsageError
+
+ENV_PREFIX: Final = "FLOW_AGENT_"
+SYSTEM_STATE_DIR: Final = Path("/var/lib/flow-agent")
+
+# Environment variables that are not settings but are read by a command.
+# The pairing token is deliberately no setting: it must never sit in a config
+# file next to settings that are kept for good.
+OTHER_ENV: Final = frozenset(
+    {"FLOW_AGENT_CONFIG", "FLOW_AGENT_PAIRING_TOKEN", "FLOW_AGENT_PAIRING_TOKEN_FILE"}
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The resolved settings; build with :func:`load_settings`."""
+
+    state_dir: Path
+    # The link
+    heartbeat: float | None = None  # None: what the control plane says (20 s by default)
+    ca_file: Path | None = None
+    allow_plaintext: bool = False
+    max_frame_bytes: int = 4 * 1024 * 1024
+    connect_timeout: float = 10.0
+    status_interval: float = 30.0
+    # Reporting
+    report_outputs: bool = False
+    outbox_limit: int = 100_000
+    # Runs and the store
+    timer_interval: float = 1.0
+    drain_timeout: float = 20.0
+    sync: str = "normal"
+
+
+HELP: Final[Mapping[str, str]] = {
+    "state_dir": "where identity, flows, runs and the outbox live (0700)",
+    "heartbeat": "seconds between websocket pings; a pong must come within as long "
+    "(default: the control plane's value, 20)",
+    "ca_file": "PEM file of the CA(s) that sign the control plane's certificate "
+    "(default: the system CAs)",
+    "allow_plaintext": "allow http:// and ws:// to a non-loopback control plane (insecure)",
+    "max_frame_bytes": "largest websocket frame accepted or sent",
+    "connect_timeout": "seconds to open a connection and finish the websocket handshake",
+    "status_interval": "seconds between status reports to the control plane",
+    "report_outputs": "send run outputs and page field values to the control plane "
+    "(default false: business data stays here)",
+    "outbox_limit": "events kept for the control plane; when reached, new runs are refused",
+    "timer_interval": "seconds between checks for runs whose timer is due",
+    "drain_timeout": "seconds a stop waits for running runs to finish or park",
+    "sync": "the store's fsync level: off, normal, full or extra",
+}
+
+_SYNC_LEVELS: Final = ("off", "normal", "full", "extra")
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def default_state_dir(
+    *, env: Mapping[str, str] | None = None, euid: int | None = None, home: Path | None = None
+) -> Path:
+    """``/var/lib/flow-agent`` as root or under systemd, else the user's data directory."""
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    if env.get("STATE_DIRECTORY"):
+        # systemd's StateDirectory= hands the directory over by this variable.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if euid == 0 or env.get("INVOCATION_ID"):
+        return SYSTEM_STATE_DIR
+    home = Path.home() if home is None else home
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "flow-agent"
+    data = env.get("XDG_DATA_HOME")
+    base = Path(data) if data and Path(data).is_absolute() else home / ".local" / "share"
+    return base / "flow-agent"
+
+
+def _kinds() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(Settings)}
+
+
+def names() -> list[str]:
+    """Every setting's name, in declaration order."""
+    return [f.name for f in fields(Settings)]
+
+
+def _convert(name: str, kind: str, value: object, where: str) -> Any:
+    """Turn ``value`` (text from env or flags, or a TOML value) into the setting's type."""
+    optional = "None" in kind
+    if optional and (value is None or value == ""):
+        return None
+    base = kind.replace(" | None", "")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if base == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            number = int(value) if isinstance(value, int) else int(str(value).strip())
+            if number <= 0:
+                raise ValueError("must be positive")
+            return number
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            real = float(value) if isinstance(value, int | float) else float(str(value).strip())
+            if not real > 0 or real == float("inf"):
+                raise ValueError("must be a positive number")
+            return real
+        if base == "Path":
+            if not isinstance(value, str | Path) or not str(value):
+                raise ValueError("expected a path")
+            return Path(value).expanduser()
+        if not isinstance(value, str):
+            raise ValueError("expected text")
+        if name == "sync" and value.lower() not in _SYNC_LEVELS:
+            raise ValueError("expected one of " + ", ".join(_SYNC_LEVELS))
+        return value.lower() if name == "sync" else value
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{where}: bad value {value!r} for setting {name!r}: {exc}",
+            hint=f"{name}: {HELP[name]}",
+        ) from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a TOML file; unknown keys are refused by name."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    known = _kinds()
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        raise UsageError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}",
+            hint="known settings: " + ", ".join(known),
+        )
+    return {k: _convert(k, known[k], v, str(path)) for k, v in doc.items()}
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from ``FLOW_AGENT_<NAME>`` variables; an unknown one is refused by name."""
+    known = _kinds()
+    out: dict[str, Any] = {}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var in OTHER_ENV:
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        if name not in known:
+            raise UsageError(
+                f"environment variable {var} names no setting",
+                hint="known: " + ", ".join(ENV_PREFIX + k.upper() for k in known),
+            )
+        out[name] = _convert(name, known[name], value, f"environment {var}")
+    return out
+
+
+def load_settings(
+    flags: Mapping[str, object] | None = None,
+    *,
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting: flag > environment > file > default.
+
+    ``flags`` holds the values given on the command line (``None`` means not
+    given); ``config`` is ``--config`` (else ``FLOW_AGENT_CONFIG``).
+    """
+    env = os.environ if env is None else env
+    known = _kinds()
+    chosen: dict[str, Any] = {}
+    config_path = config or (
+        Path(env["FLOW_AGENT_CONFIG"]) if env.get("FLOW_AGENT_CONFIG") else None
+    )
+    if config_path is not None:
+        chosen.update(read_config_file(config_path))
+    chosen.update(read_env(env))
+    for name, value in (flags or {}).items():
+        if name not in known:
+            raise ValueError(f"no setting {name!r}")  # a caller bug, not the user's
+        if value is not None:
+            chosen[name] = _convert(name, known[name], value, "command line")
+    if "state_dir" not in chosen:
+        chosen["state_dir"] = default_state_dir(env=env)
+    return Settings(**chosen)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(name, environment variable, default, help) for every setting, for docs and --help."""
+    rows = []
+    for f in fields(Settings):
+        default = "see below" if f.name == "state_dir" else repr(f.default)
+        rows.append((f.name, ENV_PREFIX + f.name.upper(), default, HELP[f.name]))
+    return rows
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "HELP",
+    "OTHER_ENV",
+    "Settings",
+    "default_state_dir",
+    "describe",
+    "load_settings",
+    "names",
+    "read_config_file",
+    "read_env",
+]
