@@ -186,7 +186,7 @@ class Hub:
     async def _refuse(
         self, ws: web.WebSocketResponse, session: Session, code: int, why: str
     ) -> None:
-        log.warning("link refused with %d: %s (from %s)", code, why, ws)
+        log.warning("link refused with %d: %s", code, why)
         session.close(code)
         await ws.close(code=code, message=why.encode()[:120])
 
@@ -196,7 +196,9 @@ class Hub:
         nonce = new_nonce()
         hello = Hello(
             nonce=nonce,
-            server_time=datetime.now(UTC).isoformat(timespec="seconds"),
+            server_time=datetime.fromtimestamp(self.store.clock(), UTC).isoformat(
+                timespec="seconds"
+            ),
             region=self.settings.region,
             heartbeat=self.settings.heartbeat,
         )

@@ -290,6 +290,8 @@ class ControlPlane:
             raise NotFound(
                 f"flow {flow!r} is not published in tenant {tenant!r}", code="flow_unknown"
             )
+        if isinstance(version, int):
+            await self.db.run(lambda: self.store.flow_version(tenant, flow, version))
         if agent_id is not None:
             await self.db.run(lambda: self.store.tenant_agent(tenant, agent_id))
             conn = self.hub.connection(agent_id)

@@ -160,6 +160,8 @@ async def test_dispatch_needs_an_online_agent_and_a_published_flow(
     assert (status, answer["error"]) == (404, "agent_unknown")
     status, answer = await admin.call("POST", RUNS, {"flow": "hello", "inputs": [1]})
     assert status == 400
+    status, answer = await admin.call("POST", RUNS, {"flow": "hello", "version": 7})
+    assert (status, answer["error"]) == (404, "flow_unknown")
 
 
 async def test_unacknowledged_runs_are_resent_after_reconnect(
