@@ -1,0 +1,239 @@
+"""The local API as an aiohttp application: health, metrics, runs, player.
+
+``create_app`` builds a self-contained ``web.Application``; the daemon mounts
+it on its listener (``web.AppRunner(app)``), tests run it on 127.0.0.1.
+
+Middlewares, outermost first:
+
+1. count every request by route template, method and status;
+2. turn every error into RFC 9457 problem details (an HTML page under
+   ``/ui/``), never a traceback;
+3. authenticate and refuse cross-site requests (see ``docs/api.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import quote
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from agent.errors import AgentError, StoreError
+from agent.runtime.runner import Runner
+
+from . import player, routes
+from .auth import SESSION_COOKIE, bearer, is_loopback_host, same_secret, session_value
+from .context import CONTEXT, Context
+from .metrics import Metrics
+from .problems import HTTP_CODES, Problem, from_problem, problem_response
+
+log = logging.getLogger("flow_agent.api")
+
+MAX_BODY = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OPEN_PATHS = frozenset({"/livez", "/readyz"})
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _always_ready() -> bool:
+    return True
+
+
+def create_app(
+    *,
+    runner: Runner,
+    token: str | None = None,
+    ready: Callable[[], bool | str] = _always_ready,
+    metrics: Metrics | None = None,
+    secrets: Mapping[str, str] | None = None,
+    max_body: int = MAX_BODY,
+) -> web.Application:
+    """The local API and player page around ``runner`` (and its store and catalog).
+
+    ``token``: when set, every route but ``/livez`` and ``/readyz`` needs
+    ``Authorization: Bearer <token>`` (the player also takes its session
+    cookie); when None the app answers only requests whose Host is loopback.
+    ``ready()`` returns True when the agent is ready, else False or the
+    reason.  ``metrics`` is the registry ``/metrics`` serves; give the same
+    object to the ``Runner`` as its observer so runs are counted.
+    ``secrets`` (default: the runner's) holds the webhook signing secrets.
+    Bodies larger than ``max_body`` bytes are refused with 413.
+    """
+    ctx = Context(
+        runner=runner,
+        metrics=metrics or Metrics(),
+        token=token,
+        ready=ready,
+        secrets=runner.secrets if secrets is None else secrets,
+        clock=runner.clock,
+    )
+    app = web.Application(
+        client_max_size=max_body,
+        middlewares=[_count_requests, _problems(max_body), _authenticate],
+    )
+    app[CONTEXT] = ctx
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/", _to_player)
+    routes.add_routes(app)
+    player.add_routes(app)
+    return app
+
+
+# -- health and metrics ------------------------------------------------------------
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        answer = request.app[CONTEXT].ready()
+    except Exception as exc:  # a broken probe means "not ready", not a 500
+        answer = f"the readiness check failed: {type(exc).__name__}"
+    if answer is True:
+        return web.json_response({"status": "ready"})
+    reason = answer if isinstance(answer, str) and answer else "not ready"
+    return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    body, content_type = request.app[CONTEXT].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def _to_player(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/ui/")
+
+
+# -- middlewares -------------------------------------------------------------------
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def _count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[CONTEXT].metrics.request(
+            route=_route_name(request), method=request.method, status=status
+        )
+
+
+def _problems(max_body: int) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Problem as problem:
+            return _error(request, problem)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects
+            detail = {
+                404: f"no route {request.path}",
+                405: f"{request.method} is not allowed on {request.path}",
+                413: f"the body is larger than the limit of {max_body} bytes",
+            }.get(exc.status, exc.reason)
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            code = HTTP_CODES.get(exc.status, "http_error")
+            return _error(request, Problem(exc.status, code, detail, headers=headers))
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            log.error("store error on %s %s: %s", request.method, request.path, exc.message)
+            return _error(request, Problem(503, "store_unavailable", exc.message))
+        except AgentError as exc:
+            log.error("%s %s failed: %s", request.method, request.path, exc.message)
+            return _error(request, Problem(500, "internal", exc.message))
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return _error(
+                request, Problem(500, "internal", "an unexpected error; the agent's log has it")
+            )
+
+    return middleware
+
+
+def _error(request: web.Request, problem: Problem) -> web.Response:
+    if player.is_player(request.path):
+        return player.error_page(request, problem)
+    return from_problem(problem, instance=request.path)
+
+
+def _same_origin(value: str, request: web.Request) -> bool:
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0]
+    return bool(sep) and scheme.lower() == request.scheme and host.lower() == request.host.lower()
+
+
+def _cross_site(request: web.Request) -> bool:
+    """An unsafe request that a page of another site may have made."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return not _same_origin(origin, request)
+    if player.is_player(request.path):
+        # A form post from a browser always carries Origin or Referer; refuse
+        # the ambiguous case rather than guess.
+        referer = request.headers.get("Referer")
+        return referer is None or not _same_origin(referer, request)
+    return False
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path in _OPEN_PATHS:
+        return await handler(request)
+    ctx = request.app[CONTEXT]
+    if request.method in _UNSAFE and _cross_site(request):
+        raise Problem(403, "cross_site", "cross-site requests are refused (Origin does not match)")
+    if ctx.token is None:
+        if not is_loopback_host(request.host):
+            raise Problem(
+                403,
+                "host_not_allowed",
+                "without an API token this agent answers only requests to a loopback host",
+            )
+        return await handler(request)
+    given = bearer(request.headers.get("Authorization"))
+    if given is not None:
+        if not same_secret(given, ctx.token):
+            raise _unauthorized("the bearer token is not this agent's API token")
+        return await handler(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if (
+        player.is_player(path)
+        and cookie is not None
+        and same_secret(cookie, session_value(ctx.token))
+    ):
+        return await handler(request)
+    if path.startswith(f"{routes.PREFIX}/hooks/") or player.is_public(path):
+        return await handler(request)  # a signed webhook authenticates itself
+    if player.is_player(path) and request.method in ("GET", "HEAD"):
+        raise web.HTTPSeeOther(f"{player.LOGIN}?next={quote(request.path_qs, safe='')}")
+    raise _unauthorized("this agent's API needs 'Authorization: Bearer <token>'")
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+__all__ = ["MAX_BODY", "Metrics", "create_app", "problem_response"]
