@@ -162,7 +162,9 @@ class Engine:
         """Apply ``event`` to a copy of ``state``; the original is never changed."""
         if isinstance(event, Cancel):
             return self._cancel(state)
-        if state.finished:
+        # A person answering a page of a run that has since finished is no bug:
+        # _answer refuses it (not_waiting) like any other answer that came late.
+        if state.finished and not isinstance(event, Answer):
             raise EngineMisuse(f"run {state.run_id} has already {state.status}")
         if isinstance(event, Answer):
             new = self._answer(state, event)
