@@ -5,6 +5,7 @@ Operands, rules and render trees are parsed here; elements in ``parse.py``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .expressions import (
 from .model import Issue, Operand, Rule
 from .rules import OPS
 
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 _REF: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*((\.[A-Za-z0-9_-]+)|(\[\d+\]))*")
 _REF_PART: Final = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
 OPERAND_KEYS: Final = frozenset({"ref", "expr", "literal"})
@@ -40,6 +42,9 @@ class Path:
         for part in self.parts:
             if isinstance(part, int):
                 out += f"[{part}]"
+            elif not _PLAIN_KEY.fullmatch(part):
+                # "", "a.b" or "my field" would make the path ambiguous or empty
+                out += f"[{json.dumps(part, ensure_ascii=False)}]"
             else:
                 out += f".{part}" if out else part
         return out
