@@ -33,6 +33,8 @@ def _exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     p.add_argument("--sync", choices=("off", "normal", "full", "extra"), default="normal",
                    help="the store's fsync level (default normal; see docs/durability)")
+    p.add_argument("--secrets-key-file", metavar="FILE", help="the secret store's key "
+                   "(default STATE_DIR/secrets.key; see 'flow-agent secret')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli_daemon
 
     cli_daemon.add_parsers(sub)
+
+    from agent import cli_secrets
+
+    cli_secrets.add_parser(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from agent.flow.engine import AnswerRefused, InputInvalid
 from agent.flow.model import Flow
 from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
 from agent.runtime.runner import Runner
+from agent.secrets import SecretStore, SecretsView
 from agent.store.sqlite import SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -84,15 +85,24 @@ def _state_dir(given: str | None) -> Iterator[Path]:
 @asynccontextmanager
 async def _runner(state_dir: Path, args: argparse.Namespace,
                   local: list[Flow]) -> AsyncIterator[Runner]:
-    secrets = _pairs(args.secret, "--secret")
+    overrides = _pairs(args.secret, "--secret")
     store = SqliteStore.open(state_dir, synchronous=args.sync)
-    registry = default_registry()
+    key_file = getattr(args, "secrets_key_file", None)
+    try:
+        vault = SecretStore.for_store(store, key_file=Path(key_file) if key_file else None)
+    except BaseException:
+        store.close()
+        raise
+    # --secret overrides the encrypted store for this command only.
+    secrets = SecretsView(vault, overrides)
+    registry = default_registry(secrets=secrets, state_dir=state_dir)
     try:
         catalog = Catalog(store, local=local)
         yield Runner(store=store, catalog=catalog, connectors=registry, secrets=secrets,
                      inline_wait=args.max_wait)
     finally:
         await registry.close_all()
+        vault.close()
         store.close()
 
 

@@ -3,27 +3,34 @@
 The runner looks a message element's connector type up here; each type has
 one long-lived instance that serves every call and is closed at shutdown.
 
-Plugins: a later change will load third-party connector types from the entry
-point group ``PLUGIN_GROUP`` in ``default_registry``, after the built-in
-types, so that a plugin cannot silently replace a built-in (``register``
-refuses a type that is taken).
+Built in: ``http``, ``service`` (remote connector services) and ``sql``.
+Plugins: third-party connector types from the entry point group
+``PLUGIN_GROUP`` (``agent.connectors.plugins``) are registered after the
+built-in types, so that a plugin cannot silently replace a built-in
+(``register`` refuses a type that is taken); a broken plugin is logged and
+skipped.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from importlib.metadata import EntryPoint
+from pathlib import Path
 
 from aiohttp.abc import AbstractResolver
 
 from agent.connectors.base import Connector
 from agent.connectors.guard import IPNetwork, guard_from_settings
 from agent.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, HttpConnector
+from agent.connectors.plugins import PLUGIN_GROUP, install_plugins
+from agent.connectors.service import Callbacks, ServiceConnector
+from agent.connectors.sql import SqlConnector
 from agent.errors import ConfigError
 
 log = logging.getLogger("flow_agent.connectors")
 
-PLUGIN_GROUP = "flow_agent.connectors"
+__all__ = ["PLUGIN_GROUP", "ConnectorRegistry", "UnknownConnectorType", "default_registry"]
 
 
 class UnknownConnectorType(ConfigError):
@@ -78,11 +85,20 @@ def default_registry(
     http_deny_networks: Iterable[str | IPNetwork] = (),
     http_max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     resolver: AbstractResolver | None = None,
+    secrets: Mapping[str, str] | None = None,
+    state_dir: Path | None = None,
+    callbacks: Callbacks | None = None,
+    plugins: bool = True,
+    plugin_entry_points: Iterable[EntryPoint] | None = None,
 ) -> ConnectorRegistry:
-    """The built-in connector types, configured from the agent's settings.
+    """The built-in connector types and the plugins, configured from the agent's settings.
 
     Raises ConfigError for a network setting that does not parse.  ``resolver``
-    replaces the system resolver (tests, or a custom DNS setup).
+    replaces the system resolver (tests, or a custom DNS setup).  ``secrets``
+    is the agent's secret store (the sql connector's passwords, plugins);
+    ``state_dir`` is kept out of reach of sql files; ``callbacks`` (a
+    ``CallbackIssuer``) lets services answer later, through the local API.
+    ``plugin_entry_points`` replaces the installed entry points (tests).
     """
     guard = guard_from_settings(
         allow=http_allow_networks, deny=http_deny_networks, resolver=resolver
@@ -91,5 +107,15 @@ def default_registry(
     registry.register(
         "http", HttpConnector(guard=guard, max_response_bytes=http_max_response_bytes)
     )
-    # Entry-point plugins (group PLUGIN_GROUP) will be registered here.
+    registry.register(
+        "service",
+        ServiceConnector(
+            guard=guard, callbacks=callbacks, max_response_bytes=http_max_response_bytes
+        ),
+    )
+    registry.register("sql", SqlConnector(secrets=secrets, state_dir=state_dir))
+    if plugins:
+        install_plugins(
+            registry, guard=guard, secrets=secrets, state_dir=state_dir, eps=plugin_entry_points
+        )
     return registry

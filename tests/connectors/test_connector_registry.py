@@ -35,7 +35,7 @@ class Recorder:
 async def test_the_default_registry_serves_http() -> None:
     registry = default_registry()
     try:
-        assert registry.types() == ["http"]
+        assert registry.types() == ["http", "service", "sql"]
         assert "http" in registry
         assert isinstance(registry.get("http"), HttpConnector)
     finally:
