@@ -105,6 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        if args.command != "secret":
+            from agent.connectors.plugins import discover_plugins
+
+            # Plugin connector types must be known before any flow is parsed.
+            discover_plugins()
         handler: Handler = args.handler
         return handler(args)
     except AgentError as exc:
