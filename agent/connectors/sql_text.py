@@ -196,7 +196,7 @@ def pg_value(type_name: str, value: Any) -> Any:
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int | float | Decimal):
-            return format(Decimal(repr(value)) if isinstance(value, float) else value, "f")
+            return format(Decimal(repr(value) if isinstance(value, float) else value), "f")
         return json_dumps(value)
     if type_name == "bool" and isinstance(value, str):
         if value.lower() in ("true", "false"):
