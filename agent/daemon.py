@@ -37,7 +37,13 @@ from agent.identity import Identity, load_identity, load_private_key
 from agent.link.client import Link, LinkOptions
 from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
 from agent.link.outbox import Outbox, OutboxObserver
-from agent.link.pairing import adopt_identity, pair, read_token_file, wipe_token_file
+from agent.link.pairing import (
+    PairingRefused,
+    adopt_identity,
+    pair,
+    read_token_file,
+    wipe_token_file,
+)
 from agent.link.state import LinkState, read_link_status
 from agent.link.sync import FlowSync
 from agent.link.transport import check_plaintext, link_url, open_link
@@ -233,13 +239,18 @@ async def ensure_identity(
                 " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
             )
         log.info("not paired yet: pairing with the token from the environment")
-        result = await pair(
-            text,
-            state_dir=settings.state_dir,
-            store=store,
-            ca_file=settings.ca_file,
-            allow_plaintext=settings.allow_plaintext,
-        )
+        try:
+            result = await pair(
+                text,
+                state_dir=settings.state_dir,
+                store=store,
+                ca_file=settings.ca_file,
+                allow_plaintext=settings.allow_plaintext,
+            )
+        except PairingRefused:
+            if path is not None:
+                wipe_token_file(path)  # used, expired or unknown: worth nothing any more
+            raise
         if path is not None:
             wipe_token_file(path)
         identity = result.identity

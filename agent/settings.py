@@ -72,6 +72,8 @@ HELP: Final[Mapping[str, str]] = {
     "sync": "the store's fsync level: off, normal, full or extra",
 }
 
+# Below this an event (up to 256 KiB) might not fit one frame.
+_MINIMUM: Final = {"max_frame_bytes": 1024 * 1024}
 _SYNC_LEVELS: Final = ("off", "normal", "full", "extra")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -125,8 +127,9 @@ def _convert(name: str, kind: str, value: object, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError("expected an integer")
             number = int(value) if isinstance(value, int) else int(str(value).strip())
-            if number <= 0:
-                raise ValueError("must be positive")
+            least = _MINIMUM.get(name, 1)
+            if number < least:
+                raise ValueError(f"must be at least {least}")
             return number
         if base == "float":
             if isinstance(value, bool):

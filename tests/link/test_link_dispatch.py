@@ -25,7 +25,7 @@ async def test_a_repeated_start_run_never_starts_a_second_run(
 ) -> None:
     await _started(cp, agent, PAGE)
     a = agent.a
-    run, _ = await cp.cp.dispatch_run("acme", flow="approve", run_id="order-42")
+    await cp.cp.dispatch_run("acme", flow="approve", run_id="order-42")
     await until(lambda: _run(cp, "order-42").status == "waiting", "the run to wait")
     assert agent.identity is not None
     conn = cp.cp.hub.connection(agent.identity.agent_id)
