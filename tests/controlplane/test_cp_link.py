@@ -199,6 +199,10 @@ async def test_publish_and_activate_are_pushed_to_connected_agents(
     key = load_public_key(server.cp.info()["signing_key"])
     client, _ = await connected(admin, server)
     await client.send(Inventory(flows=()))
+    # Frames are handled in order: once this is acked the inventory was seen, so the
+    # publish below reaches the agent by push alone.
+    await client.send(Events(events=(ev(1),)))
+    assert await client.recv() == Ack(seq=1)
     answer = await admin.publish({**HELLO_FLOW, "name": "pushed"})
     assert answer["pushed_to"] == 1
     push = await client.recv()
