@@ -46,6 +46,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except AgentError as exc:
         log.error("request %s %s failed: %s", request.method, request.path, exc)
         return _error(500, "internal", exc.message, exc.hint)
+    except web.HTTPException:
+        raise  # redirects and aiohttp's own refusals are answers, not failures
+    except Exception:
+        log.exception("request %s %s crashed", request.method, request.path)
+        return _error(500, "internal", "internal error; the server log has the details")
 
 
 @web.middleware

@@ -436,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code if exc.exit_code in (1, 2) else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line a person can report, not a traceback
+        logging.getLogger("controlplane").info("unexpected error", exc_info=True)
+        print(f"{PROG}: unexpected error: {exc!r}", file=sys.stderr)
+        print("hint: run again with -v for details, and please report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
