@@ -6,14 +6,15 @@ Decimals at compile time so that ``0.1 + 0.2 == 0.3`` holds in expressions
 too.  The sandbox refuses internals (``__class__`` and friends) and we add
 limits for the operators and filters that can exhaust memory or CPU (``*``,
 ``+`` and ``~`` on sequences, ``**`` with large results, ``center`` and
-friends with huge widths).
+friends with huge widths, loop turns of one render).
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, DecimalException
@@ -33,6 +34,10 @@ MAX_SEQUENCE: Final = 1_000_000  # items or characters a `*` may produce
 MAX_EXPONENT: Final = 1_000
 MAX_POWER_BITS: Final = 10_000  # an integer power may not grow beyond this (about 3,000 digits)
 MAX_OUTPUT: Final = 1_000_000  # characters a template may render
+MAX_ITERATIONS: Final = 1_000_000  # loop turns of one render, nested loops together
+# The turns left to the render in progress; loops share one budget, so two
+# nested range(100000) loops stop after a million turns instead of 10**10.
+_TURNS: ContextVar[list[int]] = ContextVar("flow_template_turns")
 _BIG_FORMAT: Final = re.compile(r"\d{7,}")  # a width or precision of a million or more
 
 
@@ -68,6 +73,16 @@ def _limit(size: int, what: str) -> None:
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int | Decimal) and not isinstance(value, bool)
+
+
+def _loop(iterable: Iterable[Any]) -> Iterator[Any]:
+    turns = _TURNS.get(None)
+    for item in iterable:
+        if turns is not None:
+            turns[0] -= 1
+            if turns[0] < 0:
+                raise SecurityError(f"loops of more than {MAX_ITERATIONS} turns are not allowed")
+        yield item
 
 
 def _concat(*parts: Any) -> str:
@@ -175,10 +190,11 @@ ENV: Final = _Environment(
 ENV.globals.clear()
 ENV.globals["__decimal__"] = _decimal_literal
 ENV.globals["__concat__"] = _concat
+ENV.globals["__loop__"] = _loop
 # The sandbox's range, which refuses huge ranges; the builtin one does not.
 ENV.globals["range"] = safe_range
 ENV.filters.update({name: _guarded_filter(name, f) for name, f in ENV.filters.items()})
-ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__", "__concat__"})
+ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__", "__concat__", "__loop__"})
 
 
 class _FloatsToDecimals(NodeTransformer):
@@ -190,6 +206,15 @@ class _FloatsToDecimals(NodeTransformer):
         call.set_lineno(node.lineno or 1)
         call.set_environment(ENV)
         return call
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        visited = self.generic_visit(node)
+        assert isinstance(visited, nodes.For)
+        call = nodes.Call(nodes.Name("__loop__", "load"), [visited.iter], [], None, None)
+        call.set_lineno(node.lineno or 1)
+        call.set_environment(ENV)
+        visited.iter = call
+        return visited
 
     def visit_Const(self, node: nodes.Const) -> nodes.Node:
         if isinstance(node.value, float):
@@ -215,6 +240,7 @@ class Compiled:
     _call: Callable[[Mapping[str, Any]], Any]
 
     def __call__(self, scope: Mapping[str, Any]) -> Any:
+        turns = _TURNS.set([MAX_ITERATIONS])
         try:
             return self._call(scope)
         except ExpressionError:
@@ -225,6 +251,8 @@ class Compiled:
             raise ExpressionError(_explain(exc)) from None
         except (AttributeError, LookupError, RecursionError, OverflowError) as exc:
             raise ExpressionError(_explain(exc)) from None
+        finally:
+            _TURNS.reset(turns)
 
 
 def _to_data(value: Any) -> Any:
