@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from agent.flow.commands import Event
 from agent.flow.engine import Engine, Step
 from agent.flow.model import Flow, parse_flow
+from agent.flow.parse import CONNECTOR_TYPES
 from agent.flow.state import RunState
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Erp-T0ken"
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def example_flows() -> dict[str, dict[str, Any]]:
+    """Every flow document under examples/, by its path there."""
+    found = {}
+    for path in sorted(EXAMPLES.rglob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("format") == "flow/v1":
+            found[path.relative_to(EXAMPLES).as_posix()] = doc
+    return found
+
+
+def plugin_types(doc: Mapping[str, Any]) -> set[str]:
+    """Connector types a document uses that only a plugin provides."""
+    connectors = doc.get("connectors", {})
+    return {c.get("type") for c in connectors.values()} - set(CONNECTOR_TYPES)
 
 
 def flow_doc(

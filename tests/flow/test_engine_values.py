@@ -249,10 +249,19 @@ def test_the_sandbox_turns_abuse_into_a_fault_naming_the_element(source: str) ->
         "{{ s.__class__ }}",
         "{{ 'x' * 10000000 }}",
         "{% for i in range(1001) %}{{ 'y' * 1000 }}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ s }}",
     ],
 )
 def test_templates_are_sandboxed_and_bounded(template: str) -> None:
     assert template in fault({"set": "s", "to": template}, inputs={"s": "a"})
+
+
+def test_template_loops_still_work() -> None:
+    template = (
+        "{% for x in l %}{{ loop.index }}/{{ loop.length }}:{{ x }} {% else %}none{% endfor %}"
+    )
+    assert render(template, {"l": ["a", "b"]}) == "1/2:a 2/2:b "
+    assert render(template, {"l": []}) == "none"
 
 
 def test_expression_results_are_plain_data() -> None:

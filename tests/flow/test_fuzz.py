@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +17,7 @@ from agent.flow.engine import Engine, InputInvalid
 from agent.flow.model import Flow, FlowInvalid, parse_flow
 from agent.flow.state import RunState
 
-from .flows import NOW, every_element_flow, flow_doc
+from .flows import NOW, every_element_flow, example_flows, flow_doc, plugin_types
 
 FUZZ = settings(
     max_examples=300,
@@ -26,8 +25,7 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").rglob("*.json"))
-VALID = [every_element_flow()] + [json.loads(p.read_text(encoding="utf-8")) for p in EXAMPLES]
+VALID = [every_element_flow()] + [d for d in example_flows().values() if not plugin_types(d)]
 # Every key and keyword of the format, so that insertions hit real grammar.
 GRAMMAR = """
 format id name version values connectors triggers start elements
