@@ -68,17 +68,45 @@ def _when(ts: float | None) -> str | None:
 
 
 def _live_pid(state_dir: Path) -> int | None:
-    """The pid in the lock file, when that process still exists.
+    """The pid of the process holding the state directory's lock, if any.
 
-    Only read: taking the lock, even briefly, could make a starting daemon fail.
+    Only looked at, never taken: taking the lock, even briefly, could make a
+    starting daemon fail.  Linux lists every ``flock`` in ``/proc/locks``;
+    elsewhere the pid written into the lock file is trusted when that
+    process exists.
     """
+    path = state_dir / LOCK_NAME
     try:
-        text = (state_dir / LOCK_NAME).read_text(encoding="ascii").strip()
-        pid = int(text)
+        inode = path.stat().st_ino
+    except OSError:
+        return None
+    try:
+        with open("/proc/locks", encoding="ascii") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return _pid_in_file(path)
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4711 08:01:123456 0 EOF"
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None
+
+
+def _pid_in_file(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text(encoding="ascii").strip())
         os.kill(pid, 0)
     except (OSError, ValueError):
         return None
     return pid
+
+
+class _Empty(Exception):
+    """The database exists but has no schema yet."""
 
 
 def _table(conn: sqlite3.Connection, name: str) -> bool:
@@ -100,6 +128,9 @@ def read_status(state_dir: Path) -> AgentStatus:
             raise OperationError(f"cannot open {path} to read: {exc}") from None
         try:
             with conn:
+                if not _table(conn, "meta"):
+                    # A daemon is creating the database right now: nothing to show yet.
+                    raise _Empty
                 row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
                 link = LinkStatus.from_text(row[0] if row else None)
                 synced = _table(conn, "link_flows")
@@ -129,6 +160,8 @@ def read_status(state_dir: Path) -> AgentStatus:
                     (last_seq,) = conn.execute("SELECT last FROM outbox_seq").fetchone()
                     (first,) = conn.execute("SELECT min(seq) FROM outbox").fetchone()
                     depth = 0 if first is None else last_seq - first + 1
+        except _Empty:
+            pass
         except sqlite3.Error as exc:
             raise OperationError(f"cannot read {path}: {exc}") from None
         finally:
