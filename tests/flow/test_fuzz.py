@@ -149,7 +149,7 @@ flow_shaped = st.fixed_dictionaries(
 )
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=150)
 @given(flow_shaped)
 def test_flow_shaped_documents_give_flow_invalid_or_a_flow(doc: dict[str, Any]) -> None:
     flow = assert_parse_is_total(doc)
@@ -177,7 +177,7 @@ def at(doc: Any, path: tuple[Any, ...]) -> Any:
 OTHER_TYPE = [None, True, 0, 2.5, "x", [], {}]
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=150)
 @given(st.data())
 def test_mutated_valid_flows_give_flow_invalid_or_run(data: st.DataObject) -> None:
     doc = copy.deepcopy(data.draw(st.sampled_from(VALID), label="base"))
