@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from agent.flow.commands import Answer, Cancel, TimerFired
+from agent.flow.commands import (
+    Answer,
+    CallConnector,
+    Cancel,
+    ChildFinished,
+    ConnectorDone,
+    ConnectorResult,
+    StartChild,
+    TimerFired,
+    WaitUntil,
+)
 from agent.flow.engine import EngineMisuse, InputInvalid
 from agent.flow.state import RunState
 
-from .flows import Driver, flow_doc
+from .flows import Driver, every_element_flow, flow_doc
 
 RESULT_KEYS = {"run_id", "flow", "version", "status", "outputs", "path", "waiting", "error"}
 END = {"type": "end"}
@@ -308,3 +319,51 @@ def test_pending_commands_of_a_running_run_goes_on() -> None:
     step = driver.engine.pending_commands(driver.reload(running), now=driver.now, secrets={})
     assert step.state.status == "completed"
     assert running.status == "running"
+
+
+def test_a_flow_with_every_element_runs_end_to_end_across_reloads() -> None:
+    driver = Driver.of(every_element_flow())
+    step = driver.start({"amount": "10", "customer": {"id": 7, "name": "ACME"}})
+    (call,) = step.commands
+    assert isinstance(call, CallConnector)
+    assert call.request.action == "POST /approvals/7"
+    assert call.request.body == {"amount": 10.3, "who": "ACME", "lines": [1, 2]}
+
+    # the store gives back every state: a restart may happen between any two events
+    state = driver.reload(step.state)
+    ok = ConnectorResult(ok=True, status=201, headers={"x-trace": "tr"}, body={"id": 9})
+    step = driver.feed(state, ConnectorDone(visit=call.request.visit, result=ok))
+    (child,) = step.commands
+    assert isinstance(child, StartChild) and child.flow_id == "credit-check"
+
+    state = driver.reload(step.state)
+    step = driver.feed(
+        state, ChildFinished(visit=child.visit, status="completed", outputs={"score": 700})
+    )
+    (timer,) = step.commands
+    assert isinstance(timer, WaitUntil) and timer.until == driver.now + timedelta(seconds=60)
+
+    driver.now = timer.until
+    step = driver.feed(driver.reload(step.state), TimerFired())
+    assert step.state.waiting is not None and step.state.waiting["element"] == "confirm"
+    assert step.state.waiting["content"] == "Approved 10.3"
+
+    step = driver.feed(driver.reload(step.state), Answer(outcome="ok"))
+    result = driver.result(driver.reload(step.state))
+    assert result["status"] == "completed"
+    assert result["path"] == [
+        "prepare",
+        "notify",
+        "credit",
+        "route",
+        "pause",
+        "confirm",
+        "until",
+        "done",
+    ]
+    assert result["outputs"] == {
+        "customer": {"id": 7, "name": "ACME", "status": "checking"},
+        "note": "Invoice for ACME",
+        "approved": False,
+        "ticket": "9",
+    }
