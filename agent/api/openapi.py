@@ -55,6 +55,18 @@ _FLOW_ID = {
 _LOCATION = {
     "Location": {"description": "The run's URL", "schema": {"type": "string"}},
 }
+_RUN_LINKS = {
+    name: {
+        "operationId": operation,
+        "parameters": {"run_id": "$response.body#/run_id"},
+        "description": description,
+    }
+    for name, operation, description in (
+        ("GetRun", "getRun", "The run's result, later"),
+        ("ResumeRun", "resumeRun", "Answer the page the run waits on"),
+        ("CancelRun", "cancelRun", "Cancel the run"),
+    )
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Problem": {
@@ -215,12 +227,6 @@ OPENAPI: Final[dict[str, Any]] = {
                 "description": "Needed only when the agent has an API token "
                 "(always when it listens beyond loopback)",
             },
-            "webhookSignature": {
-                "type": "apiKey",
-                "in": "header",
-                "name": "X-Flow-Signature",
-                "description": "sha256=HEX of HMAC-SHA256(secret, X-Flow-Timestamp + '.' + body)",
-            },
         },
     },
     "security": [{"bearer": []}],
@@ -318,7 +324,7 @@ OPENAPI: Final[dict[str, Any]] = {
                     },
                 },
                 "responses": {
-                    "201": _json("The run result", _RUN_REF, headers=_LOCATION),
+                    "201": _json("The run result", _RUN_REF, headers=_LOCATION, links=_RUN_LINKS),
                     **_BODY_ERRORS,
                     **_AUTH_ERRORS,
                     "404": _problem("No active flow with this id"),
@@ -421,16 +427,26 @@ OPENAPI: Final[dict[str, Any]] = {
                         "in": "header",
                         "required": False,
                         "schema": {"type": "string"},
-                        "description": "Unix time in seconds (signed triggers)",
+                        "description": "Unix time in whole seconds (signed triggers)",
+                    },
+                    {
+                        "name": "X-Flow-Signature",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "sha256=HEX of HMAC-SHA256(secret, X-Flow-Timestamp + '.' + "
+                        "raw body) (signed triggers)",
                     },
                 ],
-                "security": [{"webhookSignature": []}, {"bearer": []}],
+                # A signed trigger authenticates by its signature, an unsigned one
+                # by the bearer token: which applies depends on the flow.
+                "security": [{}, {"bearer": []}],
                 "requestBody": {
                     "required": False,
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "responses": {
-                    "201": _json("The run result", _RUN_REF, headers=_LOCATION),
+                    "201": _json("The run result", _RUN_REF, headers=_LOCATION, links=_RUN_LINKS),
                     **_BODY_ERRORS,
                     "401": _problem(
                         "Missing or bad signature, a timestamp outside the 5-minute window, "
