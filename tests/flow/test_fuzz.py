@@ -174,7 +174,7 @@ def at(doc: Any, path: tuple[Any, ...]) -> Any:
     return doc
 
 
-OTHER_TYPE = [None, True, 0, 2.5, "x", [], {}]
+OTHER_TYPE: list[Any] = [None, True, 0, 2.5, "x", [], {}]
 
 
 @settings(FUZZ, max_examples=150)
