@@ -14,6 +14,17 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 # -- end PostgreSQL
 
+# -- Chromium for the player page's browser tests (tests/api/test_player_browser.py
+# drives Debian's chromium through Playwright; skipped when it is missing).
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium fonts-liberation >/dev/null
+  fi
+fi
+# -- end Chromium
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
