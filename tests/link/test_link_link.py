@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.link.state import LinkState, read_link_status
 from agent.link.status import format_status, read_status
@@ -137,3 +140,26 @@ async def test_a_half_open_link_is_found_by_heartbeats_and_replaced(tmp_path: Pa
         await under_test.stop()
         await proxy.stop()
         await backend.stop()
+
+
+async def test_malformed_and_unknown_frames_are_answered_never_fatal(
+    cp: Cp, agent: AgentUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await agent.start()
+    assert agent.identity is not None
+    conn = cp.cp.hub.connection(agent.identity.agent_id)
+    assert conn is not None
+    caplog.set_level(logging.WARNING, logger="controlplane.link")
+    for text in ("not json", '{"v":1,"type":"bogus"}', '{"v":2,"type":"ack","seq":1}'):
+        await conn.ws.send_str(text)
+    await conn.ws.send_bytes(b"\x00binary")
+    await cp.publish(HELLO)  # the link still works
+    await until(lambda: a.sync.is_synced("hello"), "hello synced after the bad frames")
+    await until(lambda: caplog.text.count("refused a frame") >= 4, "four error frames")
+    for code in ("malformed", "unknown_type", "bad_version"):
+        assert code in caplog.text
+    assert a.link.sessions == 1
+    # A peer that sends nothing but garbage is cut off (4400) and the link comes back.
+    for _ in range(21):
+        await conn.ws.send_str("{")
+    await until(lambda: a.link.sessions == 2, "a new session after 4400")

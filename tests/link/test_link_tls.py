@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from aiohttp import web
 
 from agent.daemon import Agent
 from agent.identity import load_private_key
@@ -17,6 +18,7 @@ from agent.link.state import LinkState, read_link_status
 from agent.link.transport import PlaintextRefused
 
 from .linkhelpers import AgentUnderTest, Cp, until, within
+from .proxy import ConnectProxy
 
 
 def _server_context(ca: trustme.CA, *hosts: str) -> ssl.SSLContext:
@@ -122,3 +124,47 @@ async def test_a_plaintext_link_to_a_remote_host_is_refused(
     )
     assert built.link.options.url == "ws://192.0.2.10:8700/agent/v1/connect"
     await within(built.registry.close_all(), "closing the registry")
+
+
+async def test_https_proxy_is_honoured_for_pairing_and_the_link(
+    tmp_path: Path, ca: trustme.CA, tls_cp: Cp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = await ConnectProxy().start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    under_test = AgentUnderTest(tmp_path / "agent", ca_file=_ca_file(ca, tmp_path / "ca.pem"))
+    try:
+        await under_test.pair(await tls_cp.token())
+        await under_test.start()
+    finally:
+        await under_test.stop()
+        await proxy.stop()
+    # Both went through the tunnel, and TLS was verified end to end through it.
+    assert proxy.targets == [f"127.0.0.1:{tls_cp.port}"] * 2
+
+
+async def test_a_link_redirect_to_another_host_is_refused(
+    tmp_path: Path, cp: Cp, agent: AgentUnderTest
+) -> None:
+    async def bounce(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"http://localhost:{cp.port}/agent/v1/connect")
+
+    app = web.Application()
+    app.router.add_get("/agent/v1/connect", bounce)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    assert agent.identity is not None
+    agent.identity = replace(agent.identity, url=f"http://127.0.0.1:{port}")
+    try:
+        started = await agent.start(connected=False)
+        await until(
+            lambda: "another host" in (read_link_status(started.store).detail or ""),
+            "the refused redirect recorded",
+        )
+        assert started.link.sessions == 0
+    finally:
+        await agent.stop()
+        await runner.cleanup()
