@@ -179,9 +179,14 @@ def _error(request: web.Request, problem: Problem) -> web.Response:
 
 
 def _same_origin(value: str, request: web.Request) -> bool:
-    scheme, sep, rest = value.partition("://")
+    """Whether an Origin or Referer names the host (and port) this request went to.
+
+    The scheme is not compared, so that a proxy that ends TLS in front of the
+    agent does not make every form post look cross-site.
+    """
+    _, sep, rest = value.partition("://")
     host = rest.split("/", 1)[0]
-    return bool(sep) and scheme.lower() == request.scheme and host.lower() == request.host.lower()
+    return bool(sep) and host.lower() == request.host.lower()
 
 
 def _cross_site(request: web.Request) -> bool:

@@ -225,7 +225,8 @@ def _due(until: str | None, now: float) -> tuple[str, str, int]:
         relative = f"in {left / 3600:.1f} hours"
     else:
         relative = f"in {left / 86400:.1f} days"
-    refresh = int(min(max(math.ceil(left), 1), 30))
+    # Overdue: the agent's timer loop is about to take it; do not hammer.
+    refresh = 5 if left <= 0 else int(min(max(math.ceil(left), 2), 30))
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC"), relative, refresh
 
 

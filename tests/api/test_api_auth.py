@@ -134,8 +134,8 @@ async def test_player_posts_need_a_same_origin_origin_or_referer(client: Client)
 def test_loopback_hosts() -> None:
     for host in ("127.0.0.1:8355", "localhost", "LOCALHOST:1", "[::1]:8355", "127.9.9.9"):
         assert is_loopback_host(host), host
-    for host in ("evil.example", "10.0.0.1:8355", "[::2]", "", None, "localhost.evil.example"):
-        assert not is_loopback_host(host), host
+    for other in ("evil.example", "10.0.0.1:8355", "[::2]", "", None, "localhost.evil.example"):
+        assert not is_loopback_host(other), other
 
 
 def test_token_file_is_created_private_and_kept(tmp_path: Path) -> None:

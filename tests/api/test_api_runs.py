@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from agent.store.base import FlowRecord
 from agent.store.sqlite import SqliteStore
 
 Client = TestClient[web.Request, web.Application]
@@ -18,7 +19,7 @@ async def problem(response: Any, status: int, code: str) -> dict[str, Any]:
     """Assert an RFC 9457 problem of this status and code; return its body."""
     assert response.status == status, await response.text()
     assert response.content_type == PROBLEM
-    body = await response.json(content_type=PROBLEM)
+    body: dict[str, Any] = await response.json(content_type=PROBLEM)
     assert body["type"] == f"urn:flow-agent:problem:{code}"
     assert body["status"] == status
     assert isinstance(body["title"], str) and body["title"]
@@ -300,3 +301,24 @@ async def test_openapi_document_is_served(client: Client) -> None:
         and r.resource.canonical != "/"
     }
     assert served == routes
+
+
+async def test_a_broken_stored_flow_is_a_problem_not_a_traceback(
+    client: Client, store: SqliteStore
+) -> None:
+    store.put_flow(
+        FlowRecord(
+            flow_id="broken",
+            version=1,
+            definition='{"format": "flow/v1"}',
+            sha256="0" * 64,
+            active=True,
+            signature=None,
+            received_at=0.0,
+        )
+    )
+    body = await problem(await client.post("/api/v1/flows/broken/runs", json={}), 500, "internal")
+    assert "stored flow 'broken' version 1 is not valid" in body["detail"]
+    listed = await (await client.get("/api/v1/flows")).json()
+    ids = [f["id"] for f in listed["flows"]]
+    assert "broken" not in ids and "form" in ids  # the others are still listed

@@ -42,7 +42,7 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 schema.config.generation.update(max_examples=8, database="none")
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @QUICK
 def test_the_app_conforms_to_its_openapi_document(case: Any, live: LiveServer) -> None:
     case.call_and_validate(base_url=live.url, headers=AUTH)

@@ -183,6 +183,9 @@ async def test_a_timer_page_refreshes_itself_and_says_when(
     clock.now += 3590
     html = await (await client.get(f"/ui/runs/{run['run_id']}")).text()
     assert '<meta http-equiv="refresh" content="10">' in html and "in 10 seconds" in html
+    clock.now += 60  # overdue: the agent's timer loop takes it soon
+    html = await (await client.get(f"/ui/runs/{run['run_id']}")).text()
+    assert '<meta http-equiv="refresh" content="5">' in html and "due now" in html
 
 
 async def test_cancel_from_the_player(client: Client, runner: Runner) -> None:
