@@ -2,7 +2,8 @@
 
 ``Metrics`` is also a runner ``Observer``: given to the ``Runner`` it counts
 every run that starts or ends, whatever started it (the API, a schedule, a
-timer, the control plane).  The daemon adds its own collectors to
+timer, the control plane).  ``metrics.wrap(other)`` chains it after another
+observer (the link's outbox).  The daemon adds its own collectors to
 ``metrics.registry``; every name starts with ``flow_agent_``.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from agent.flow.engine import Visit
+from agent.runtime.runner import Observer
 
 _ENDED = ("completed", "failed", "cancelled")
 
@@ -60,9 +62,30 @@ class Metrics:
         if status in self.runs_ended and status != previous:
             self.runs_ended[status].labels(flow=flow).inc()
 
+    def wrap(self, inner: Observer) -> Observer:
+        """An observer that tells ``inner`` first, then counts: a commit that
+        ``inner`` refuses (and so rolls back) is not counted."""
+        return _Chained(inner, self)
+
     def request(self, *, route: str, method: str, status: int) -> None:
         self.api_requests.labels(route=route, method=method, status=str(status)).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _Chained:
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+
+    def committed(
+        self,
+        *,
+        result: dict[str, Any],
+        previous: str | None,
+        visits: tuple[Visit, ...],
+        parent_id: str | None,
+    ) -> None:
+        for observer in self.observers:
+            observer.committed(result=result, previous=previous, visits=visits, parent_id=parent_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -10,6 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from agent.api import Metrics, create_app
 from agent.api.webhooks import ReplayGuard, sign
+from agent.connectors.registry import default_registry
+from agent.errors import StoreError
+from agent.runtime.catalog import Catalog
 from agent.runtime.runner import Runner
 from agent.store.sqlite import SqliteStore
 
@@ -188,3 +192,40 @@ async def test_each_app_has_its_own_registry(runner: Runner) -> None:
     first, second = Metrics(), Metrics()
     first.request(route="/x", method="GET", status=200)
     assert b"/x" in first.render()[0] and b"/x" not in second.render()[0]
+
+
+class Refusing:
+    """An observer that refuses every commit, as a full outbox does."""
+
+    def committed(self, **_: Any) -> None:
+        raise StoreError("the outbox is full")
+
+
+async def test_wrapped_metrics_count_after_the_inner_observer(
+    store: SqliteStore, clock: Clock
+) -> None:
+    metrics = Metrics()
+    seen: list[str] = []
+
+    class Recording:
+        def committed(self, *, result: dict[str, Any], **_: Any) -> None:
+            seen.append(result["status"])
+
+    registry = default_registry()
+    try:
+        for inner in (Recording(), Refusing()):
+            runner = Runner(
+                store=store,
+                catalog=Catalog(store, clock=clock),
+                connectors=registry,
+                observer=metrics.wrap(inner),
+                clock=clock,
+            )
+            with contextlib.suppress(StoreError):
+                await runner.start("double", {"n": 1})
+    finally:
+        await registry.close_all()
+    assert seen == ["completed"]
+    text = metrics.render()[0].decode()
+    assert 'flow_agent_runs_started_total{flow="double"} 1.0' in text  # not 2: one refused
+    assert len(store.list_runs()) == 1
