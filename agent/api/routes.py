@@ -260,13 +260,11 @@ async def webhook(request: web.Request) -> web.Response:
         if not isinstance(inputs, dict):
             raise Problem(422, "invalid_inputs", "the body must be a JSON object of inputs")
         return _created(await _start(ctx, flow_id, inputs))
-    except Problem as problem:
-        if problem.status >= 500 and signature:
-            ctx.replay.forget(signature)
-        raise
+    except Problem:
+        raise  # the delivery itself is at fault: a retry of it is a replay
     except Exception:
         if signature:
-            ctx.replay.forget(signature)  # the sender may retry this delivery
+            ctx.replay.forget(signature)  # the agent failed: the sender may retry
         raise
 
 
