@@ -48,6 +48,7 @@ from agent.link.state import LinkState, read_link_status
 from agent.link.sync import FlowSync
 from agent.link.transport import check_plaintext, link_url, open_link
 from agent.runtime.runner import Runner
+from agent.secrets import SecretStore, SecretsView
 from agent.settings import Settings
 from agent.store.sqlite import SqliteStore
 
@@ -271,10 +272,16 @@ async def run_daemon(
     """The whole daemon; returns the exit code (0 after a requested stop)."""
     env = os.environ if env is None else env
     store = SqliteStore.open(settings.state_dir, synchronous=settings.sync)
+    vault: SecretStore | None = None
     try:
         identity = await ensure_identity(settings, store, env=env)
         key = load_private_key(settings.state_dir)
-        agent = Agent(settings, store=store, identity=identity, key=key)
+        vault = SecretStore.for_store(store)
+        secrets = SecretsView(vault)
+        registry = default_registry(secrets=secrets, state_dir=settings.state_dir)
+        agent = Agent(
+            settings, store=store, identity=identity, key=key, registry=registry, secrets=secrets
+        )
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -295,6 +302,8 @@ async def run_daemon(
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
     finally:
+        if vault is not None:
+            vault.close()
         store.close()
     log.info("stopped")
     return 0

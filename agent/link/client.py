@@ -183,13 +183,30 @@ class Link:
         if self._state is not LinkState.DISCONNECTED or self._failures == 1:
             self._record(LinkState.DISCONNECTED, why)
 
+    async def _connect(self) -> ClientConnection | None:
+        """Open the socket, unless a stop comes first (a black-holed address takes long)."""
+        connecting = asyncio.ensure_future(self.open_ws(self.options.url))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+            await asyncio.gather(connecting, stopping, return_exceptions=True)
+        if connecting.cancelled():
+            return None
+        return connecting.result()
+
     async def _attempt(self) -> tuple[CloseInfo | None, float | None]:
         """One connection: (how it closed or None when it never opened, seconds READY)."""
         try:
-            ws = await self.open_ws(self.options.url)
+            ws = await self._connect()
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
             self._failed(_describe(exc))
             return None, None
+        if ws is None:
+            return None, None  # stopped while connecting
         session = Session(role=Role.AGENT, max_bytes=self.options.max_frame_bytes)
         runner = _SessionRunner(self, ws, session)
         try:
