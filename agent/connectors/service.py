@@ -155,7 +155,14 @@ class ServiceConnector:
             "callback": callback,
         }
         answer = await self._http.call(
-            _http_request(request, url, f"POST /actions/{name}", body, retry=request.retry)
+            _http_request(
+                request,
+                url,
+                f"POST /actions/{name}",
+                body,
+                retry=request.retry,
+                idempotency_key=request.idempotency_key,
+            )
         )
         if not answer.ok:
             raise _Fault(answer.message + _peer_message(answer.body))
@@ -179,8 +186,17 @@ class ServiceConnector:
 
     async def _fetch_metadata(self, request: ConnectorRequest, url: str) -> ServiceMetadata:
         answer = await self._http.call(
-            # Metadata is safe to ask again: retry it like a GET.
-            _http_request(request, url, "POST /metadata", {}, retry=RetryPolicy(attempts=2))
+            # Metadata is safe to ask again: retry it like a GET.  No
+            # Idempotency-Key: a service keying answers on it must not hand
+            # the metadata back for the action call that follows.
+            _http_request(
+                request,
+                url,
+                "POST /metadata",
+                {},
+                retry=RetryPolicy(attempts=2),
+                idempotency_key="",
+            )
         )
         if not answer.ok:
             raise _Fault(
@@ -212,7 +228,13 @@ def _cache_key(url: str, headers: Mapping[str, str]) -> str:
 
 
 def _http_request(
-    request: ConnectorRequest, url: str, action: str, body: Any, *, retry: RetryPolicy
+    request: ConnectorRequest,
+    url: str,
+    action: str,
+    body: Any,
+    *,
+    retry: RetryPolicy,
+    idempotency_key: str,
 ) -> ConnectorRequest:
     return ConnectorRequest(
         run_id=request.run_id,
@@ -225,7 +247,7 @@ def _http_request(
         headers=request.headers,
         timeout=request.timeout,
         retry=retry,
-        idempotency_key=request.idempotency_key,
+        idempotency_key=idempotency_key,
         redact=request.redact,
         visit=request.visit,
     )

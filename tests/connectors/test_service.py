@@ -127,8 +127,10 @@ async def test_the_request_carries_run_element_key_inputs_and_callback(
     serve: Serve, make_service: Callable[..., ServiceConnector]
 ) -> None:
     seen: list[tuple[dict[str, Any], str | None]] = []
+    metadata_keys: list[str | None] = []
 
     async def metadata(request: web.Request) -> web.Response:
+        metadata_keys.append(request.headers.get("Idempotency-Key"))
         return web.json_response({"actions": [{"name": "go"}]})
 
     async def go(request: web.Request) -> web.Response:
@@ -152,6 +154,8 @@ async def test_the_request_carries_run_element_key_inputs_and_callback(
         "callback": {"url": "http://127.0.0.1:9/r_svc", "token": "tok-3"},
     }
     assert key == "r_svc:3"
+    # The key belongs to the action call only.
+    assert metadata_keys == [None]
 
 
 async def test_wait_without_a_callback_url_is_a_fault(
