@@ -32,7 +32,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.connectors.registry import ConnectorRegistry, default_registry
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, OperationError
 from agent.identity import Identity, load_identity, load_private_key
 from agent.link.client import Link, LinkOptions
 from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
@@ -234,7 +234,7 @@ async def ensure_identity(
     if identity is None:
         text, path = token_from_env(env)
         if text is None:
-            raise ConfigError(
+            raise OperationError(
                 f"this agent is not paired ({settings.state_dir} holds no identity)",
                 hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
                 " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent import __version__
-from agent.errors import ConfigError, OperationError
+from agent.errors import OperationError
 from agent.protocol.signing import load_public_key
 from agent.store import files
 
@@ -126,7 +126,7 @@ def load_identity(state_dir: Path) -> Identity | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise OperationError(f"cannot read {path}: {exc}") from None
     try:
         doc = json.loads(text)
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in _FIELDS):
@@ -134,7 +134,7 @@ def load_identity(state_dir: Path) -> Identity | None:
         identity = Identity(**{k: doc[k] for k in _FIELDS})
         identity.cp_key()
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
+        raise OperationError(
             f"{path} is damaged ({exc})",
             hint="pair again with a new token: flow-agent pair TOKEN --force",
         ) from None
@@ -151,17 +151,17 @@ def load_private_key(state_dir: Path) -> Ed25519PrivateKey:
             os.chmod(path, files.FILE_MODE)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise ConfigError(
+        raise OperationError(
             f"{path} is missing: this agent has an identity but no key",
             hint="pair again with a new token: flow-agent pair TOKEN --force",
         ) from None
     except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(
+        raise OperationError(
             f"cannot load the agent key {path}: {exc}",
             hint="pair again with a new token: flow-agent pair TOKEN --force",
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} does not hold an Ed25519 private key")
+        raise OperationError(f"{path} does not hold an Ed25519 private key")
     return key
 
 

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, SecurityError
 
 from agent import __version__
-from agent.errors import ConfigError
+from agent.errors import OperationError, UsageError
 
 log = logging.getLogger("flow_agent.link")
 
@@ -34,10 +34,8 @@ PAIR_PATH: Final = "/agent/v1/pair"
 USER_AGENT: Final = f"flow-agent/{__version__}"
 
 
-class PlaintextRefused(ConfigError):
+class PlaintextRefused(OperationError):
     """A plaintext URL to a host that is not loopback, without ``allow_plaintext``."""
-
-    exit_code = 1
 
 
 class RedirectRefused(SecurityError):
@@ -80,7 +78,7 @@ def ssl_context(ca_file: Path | None) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
+        raise UsageError(
             f"cannot load CA file {ca_file}: {exc}",
             hint="ca_file must be a PEM file of CA certificates",
         ) from None

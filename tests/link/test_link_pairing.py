@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.errors import ConfigError
+from agent.errors import OperationError
 from agent.identity import IDENTITY_FILE, KEY_FILE, load_identity, load_private_key
 from agent.link.pairing import PairingFailed, PairingRefused, wipe_token_file
 from agent.link.state import LinkState, read_link_status
@@ -200,7 +200,7 @@ async def test_repairing_resets_the_outbox_and_the_link_status(
 def test_damaged_identity_says_how_to_recover(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     (tmp_path / IDENTITY_FILE).write_text(json.dumps({"agent_id": "ag_1"}))
-    with pytest.raises(ConfigError) as damaged:
+    with pytest.raises(OperationError) as damaged:
         load_identity(tmp_path)
     assert "damaged" in damaged.value.message
     assert damaged.value.hint is not None and "--force" in damaged.value.hint

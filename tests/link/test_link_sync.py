@@ -78,8 +78,9 @@ async def test_publish_reaches_the_agent_and_is_acknowledged(cp: Cp, agent: Agen
     await cp.publish(HELLO)
     await until(lambda: _active(a.sync, "hello") == 1, "hello v1 active")
     assert agent.identity is not None
-    await until(lambda: 1 in _acks(cp, agent.identity.agent_id, "hello"), "the flow_ack")
-    assert _acks(cp, agent.identity.agent_id, "hello")[1]["ok"] is True
+    agent_id = agent.identity.agent_id
+    await until(lambda: 1 in _acks(cp, agent_id, "hello"), "the flow_ack")
+    assert _acks(cp, agent_id, "hello")[1]["ok"] is True
     stored = a.store.get_flow("hello", 1)
     assert stored is not None and stored.signature is not None
 
