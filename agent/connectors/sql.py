@@ -44,6 +44,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from agent.connectors.base import ConnectorRequest, ConnectorResult
+from agent.connectors.http import Sleep
 from agent.connectors.http_wire import Redactor
 from agent.connectors.sql_backends import (
     Backend,
@@ -153,7 +154,7 @@ class SqlConnector:
         secrets: Mapping[str, str] | None = None,
         state_dir: Path | None = None,
         connect_timeout: float = 10.0,
-        sleep: Any = asyncio.sleep,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._secrets = secrets if secrets is not None else {}
         self._state_dir = state_dir
