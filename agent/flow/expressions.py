@@ -174,7 +174,14 @@ class _Environment(ImmutableSandboxedEnvironment):
             return operator.pow(left, right)
         if isinstance(right, int | Decimal) and right == 0:
             raise ExpressionError("division by zero")
+        if operator_ == "/" and _exact(left) and _exact(right):
+            # Numbers are exact decimals: 1 / 3 must not go through float.
+            return Decimal(left) / Decimal(right)
         return super().call_binop(context, operator_, left, right)
+
+
+def _exact(value: Any) -> bool:
+    return isinstance(value, int | Decimal) and not isinstance(value, bool)
 
 
 def _decimal_literal(text: str) -> Decimal:
