@@ -30,7 +30,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed
 
 from agent import __version__
 from agent.errors import AgentError
@@ -202,7 +202,9 @@ class Link:
         """One connection: (how it closed or None when it never opened, seconds READY)."""
         try:
             ws = await self._connect()
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        except Exception as exc:
+            # Refused, unreachable, TLS, HTTP status, a redirect, a malformed
+            # HTTPS_PROXY: all retried with backoff, each said once.
             self._failed(_describe(exc))
             return None, None
         if ws is None:
@@ -296,12 +298,13 @@ class _SessionRunner:
             welcome = await self._handshake_frame()
             assert isinstance(welcome, Welcome)
         if welcome.tenant != identity.tenant:
-            await self.ws.close(CloseCode.PROTOCOL_ERROR, "wrong tenant")
-            raise _Down(
-                CloseCode.AUTH_REFUSED,
+            why = (
                 f"the control plane placed this agent in tenant {welcome.tenant!r}, but it was"
-                f" paired with {identity.tenant!r}; pair again",
+                f" paired with {identity.tenant!r}; pair again"
             )
+            log.error("%s", why)
+            await self.ws.close(CloseCode.PROTOCOL_ERROR, "wrong tenant")
+            raise _Down(CloseCode.AUTH_REFUSED, why)
         self.ready_at = link.mono()
         link.sessions += 1
         link._record(LinkState.CONNECTED, None, welcome.session_id)
