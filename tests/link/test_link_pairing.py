@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -26,8 +27,9 @@ def _mode(path: Path) -> int:
 
 
 async def test_pairing_stores_identity_privately_and_never_the_token(
-    tmp_path: Path, cp: Cp
+    tmp_path: Path, cp: Cp, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     token = await cp.token()
     under_test = AgentUnderTest(tmp_path / "agent")
     try:
@@ -53,6 +55,7 @@ async def test_pairing_stores_identity_privately_and_never_the_token(
             assert secret.encode() not in path.read_bytes(), path
             assert token.encode() not in path.read_bytes(), path
     assert not list(state.glob(".*.tmp"))
+    assert secret not in caplog.text and "paired as" in caplog.text
 
 
 async def test_a_used_token_is_refused_as_used(tmp_path: Path, cp: Cp) -> None:
