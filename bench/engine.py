@@ -181,7 +181,7 @@ async def concurrent(runner: Runner, runs: int, wave: int) -> Clock:
     return clock
 
 
-async def bench_runs(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[float]]:
+async def bench_runs(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[Clock]]:
     seq: list[Clock] = []
     con: list[Clock] = []
     visits = 0
@@ -220,7 +220,7 @@ async def bench_runs(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[fl
     if profile:
         print("cProfile of (a), one at a time, by cumulative time:", file=sys.stderr)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-    return rows, [sizes.runs / c.wall for c in seq]
+    return rows, seq
 
 
 def _cpu_us(first: int, runs: int, body: Callable[[int], object]) -> float:
@@ -295,12 +295,12 @@ async def breakdown(runner: Runner, runs: int, *, rounds: int = 3) -> Row:
     )
 
 
-async def recheck(sizes: Sizes) -> float:
+async def recheck(sizes: Sizes) -> Clock:
     """(a) one at a time once more, right after Prefect ran: load drifts."""
     async with agent(TEN_STEPS) as runner:
         await sequential(runner, sizes.warmup // 4)
         clock, _ = await sequential(runner, sizes.runs)
-    return sizes.runs / clock.wall
+    return clock
 
 
 async def bench_loop(sizes: Sizes) -> list[Row]:
@@ -373,7 +373,7 @@ async def bench_waiting(sizes: Sizes) -> list[Row]:
 
 
 def prefect_rows(
-    report: PrefectReport, before: list[float], after: float, sizes: Sizes
+    report: PrefectReport, before: list[Clock], after: Clock, sizes: Sizes
 ) -> list[Row]:
     """Prefect's figures; the ratio takes ours from before and after Prefect ran."""
     if report.runs_per_s is None:
@@ -385,7 +385,12 @@ def prefect_rows(
             "runs/s",
             "",
             f"{sizes.prefect_runs} flow runs, no @task, ephemeral server, heartbeats off; "
-            f"first run (server start) {report.first_run_s:.1f} s",
+            f"first run (server start) {report.first_run_s:.1f} s"
+            + (
+                f"; {report.runs_per_cpu_s:,.1f} runs per CPU-second (flow process + server)"
+                if report.runs_per_cpu_s
+                else ""
+            ),
         )
     ]
     if report.default_runs_per_s is not None:
@@ -399,15 +404,17 @@ def prefect_rows(
                 "sleeping in 1 s slices",
             )
         )
+    clocks = [*before, after]
+    ours = statistics.median(sizes.runs / c.wall for c in clocks)
+    detail = (
+        "one at a time, prefect with heartbeats off; ours = median of the (a) repeats "
+        f"and one more right after prefect ({sizes.runs / after.wall:,.0f} runs/s)"
+    )
+    if report.runs_per_cpu_s:
+        ours_cpu = statistics.median(sizes.runs / c.cpu for c in clocks if c.cpu > 0)
+        detail += f"; per CPU-second {ours_cpu / report.runs_per_cpu_s:,.0f} x"
     rows.append(
-        Row(
-            "(d) ratio, ours / prefect",
-            f"{statistics.median([*before, after]) / report.runs_per_s:,.0f}",
-            "x",
-            "",
-            "one at a time, prefect with heartbeats off; ours = median of the (a) repeats "
-            f"and one more right after prefect ({after:,.0f} runs/s)",
-        )
+        Row("(d) ratio, ours / prefect", f"{ours / report.runs_per_s:,.0f}", "x", "", detail)
     )
     return rows
 
@@ -466,12 +473,12 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-async def ours(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[float]]:
-    """Our rows, and the rates of the (a) one-at-a-time repeats."""
-    rows, rate = await bench_runs(sizes, profile=profile)
+async def ours(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[Clock]]:
+    """Our rows, and the clocks of the (a) one-at-a-time repeats."""
+    rows, clocks = await bench_runs(sizes, profile=profile)
     rows += await bench_loop(sizes)
     rows += await bench_waiting(sizes)
-    return rows, rate
+    return rows, clocks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,11 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     print(machine())
     started = time.perf_counter()
     try:
-        rows, rates = asyncio.run(ours(sizes, profile=args.profile))
+        rows, clocks = asyncio.run(ours(sizes, profile=args.profile))
         if not args.no_prefect:
             report = run_prefect(runs=sizes.prefect_runs, default_runs=sizes.prefect_default_runs)
-            after = asyncio.run(recheck(sizes)) if report.runs_per_s is not None else 0.0
-            rows += prefect_rows(report, rates, after, sizes)
+            if report.runs_per_s is None:
+                rows += prefect_rows(report, clocks, Clock(), sizes)
+            else:
+                rows += prefect_rows(report, clocks, asyncio.run(recheck(sizes)), sizes)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

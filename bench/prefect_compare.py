@@ -17,6 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-prefect"
@@ -31,6 +32,7 @@ class PrefectReport:
     """What the Prefect side measured, or why it could not (``runs_per_s`` None)."""
 
     runs_per_s: float | None = None
+    runs_per_cpu_s: float | None = None  # CPU of the flow's process and its server
     default_runs_per_s: float | None = None
     first_run_s: float = 0.0
     version: str = ""
@@ -102,6 +104,10 @@ def _environment(home: Path) -> dict[str, str]:
     return env
 
 
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def run_prefect(*, runs: int, default_runs: int) -> PrefectReport:
     python, why = ensure_prefect()
     if python is None:
@@ -125,11 +131,8 @@ def run_prefect(*, runs: int, default_runs: int) -> PrefectReport:
         report = json.loads(done.stdout.strip().splitlines()[-1])
         return PrefectReport(
             runs_per_s=float(report["runs_per_s"]),
-            default_runs_per_s=(
-                None
-                if report["default_runs_per_s"] is None
-                else float(report["default_runs_per_s"])
-            ),
+            runs_per_cpu_s=_number(report["runs_per_cpu_s"]),
+            default_runs_per_s=_number(report["default_runs_per_s"]),
             first_run_s=float(report["first_run_s"]),
             version=str(report["prefect"]),
         )
