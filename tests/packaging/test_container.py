@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from agent.settings import OTHER_ENV, read_env
-
-from .tools import (
+from deploy_helpers import (
     DOCKERFILE,
     DOCKERIGNORE,
     ROOT,
@@ -35,6 +32,8 @@ from .tools import (
     stages,
     tool,
 )
+
+from agent.settings import OTHER_ENV, read_env
 
 UID = "10001"
 STATE = "/var/lib/flow-agent"

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from deploy_helpers import ROOT, UNIT, parse_unit, tool
 
 from agent.cli import build_parser
 from agent.settings import Settings
-
-from .tools import ROOT, UNIT, parse_unit, tool
 
 MAX_EXPOSURE = 2.0
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
