@@ -2,12 +2,13 @@
 
 One table of settings, four sources, one rule: a command-line flag beats the
 environment (``FLOW_AGENT_<NAME>``), which beats the TOML file given with
-``--config`` (or ``FLOW_AGENT_CONFIG``), which beats the default.  An unknown
+``--config`` (or ``FLOW_AGENT_CONFIG``, else ``/etc/flow-agent/agent.toml``
+as root or under systemd, when it exists), which beats the default.  An unknown
 key in the file or an unknown ``FLOW_AGENT_`` variable is an error naming it:
 a typo must not silently leave a setting at its default.
 
 Every setting is listed in ``SETTINGS`` with its type, default and a line of
-help; ``docs/pairing.md`` documents them.  A later issue extends the table.
+help; ``docs/configuration.md`` documents them (a test holds that line).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from agent.errors import UsageError
 
 ENV_PREFIX: Final = "FLOW_AGENT_"
 SYSTEM_STATE_DIR: Final = Path("/var/lib/flow-agent")
+CONFIG_NAME: Final = "agent.toml"
+SYSTEM_CONFIG_FILE: Final = Path("/etc/flow-agent") / CONFIG_NAME
 
 # Environment variables that are not settings but are read by a command.
 # The pairing token is deliberately no setting: it must never sit in a config
@@ -52,6 +55,9 @@ class Settings:
     timer_interval: float = 1.0
     drain_timeout: float = 20.0
     sync: str = "normal"
+    # Logs (docs/operations.md)
+    log_level: str = "info"
+    log_format: str = "auto"
 
 
 HELP: Final[Mapping[str, str]] = {
@@ -70,11 +76,20 @@ HELP: Final[Mapping[str, str]] = {
     "timer_interval": "seconds between checks for runs whose timer is due",
     "drain_timeout": "seconds a stop waits for running runs to finish or park",
     "sync": "the store's fsync level: off, normal, full or extra",
+    "log_level": "the least severe log lines written: debug, info, warning or error",
+    "log_format": "json (one object per line), text (for a person) or auto"
+    " (text on a terminal, else json)",
 }
 
 # Below this an event (up to 256 KiB) might not fit one frame.
 _MINIMUM: Final = {"max_frame_bytes": 1024 * 1024}
 _SYNC_LEVELS: Final = ("off", "normal", "full", "extra")
+# Text settings that take one of a few words (lower-cased).
+_CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
+    "sync": _SYNC_LEVELS,
+    "log_level": ("debug", "info", "warning", "error"),
+    "log_format": ("auto", "json", "text"),
+}
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -144,9 +159,12 @@ def _convert(name: str, kind: str, value: object, where: str) -> Any:
             return Path(value).expanduser()
         if not isinstance(value, str):
             raise ValueError("expected text")
-        if name == "sync" and value.lower() not in _SYNC_LEVELS:
-            raise ValueError("expected one of " + ", ".join(_SYNC_LEVELS))
-        return value.lower() if name == "sync" else value
+        choices = _CHOICES.get(name)
+        if choices is not None:
+            if value.strip().lower() not in choices:
+                raise ValueError("expected one of " + ", ".join(choices))
+            return value.strip().lower()
+        return value
     except (TypeError, ValueError) as exc:
         raise UsageError(
             f"{where}: bad value {value!r} for setting {name!r}: {exc}",
@@ -190,34 +208,84 @@ def read_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def default_config_file(
+    *, env: Mapping[str, str] | None = None, euid: int | None = None
+) -> Path | None:
+    """The TOML file read when neither ``--config`` nor ``FLOW_AGENT_CONFIG`` names one.
+
+    systemd's ``ConfigurationDirectory=`` (``CONFIGURATION_DIRECTORY``), else
+    ``/etc/flow-agent/agent.toml`` as root or under systemd; only when the
+    file exists (a default file may be absent, a named one may not).
+    """
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    if env.get("CONFIGURATION_DIRECTORY"):
+        candidate = Path(env["CONFIGURATION_DIRECTORY"].split(":")[0]) / CONFIG_NAME
+    elif euid == 0 or env.get("INVOCATION_ID"):
+        candidate = SYSTEM_CONFIG_FILE
+    else:
+        return None
+    return candidate if candidate.is_file() else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolved:
+    """The settings and where each value came from (``flow-agent config show``)."""
+
+    settings: Settings
+    sources: Mapping[str, str]  # "command line", "environment VAR", "file PATH", "default"
+    config_file: Path | None
+
+
+def resolve_settings(
+    flags: Mapping[str, object] | None = None,
+    *,
+    config: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Resolved:
+    """Resolve every setting: flag > environment > file > default, noting each one's source.
+
+    ``flags`` holds the values given on the command line (``None`` means not
+    given); ``config`` is ``--config`` (else ``FLOW_AGENT_CONFIG``, else the
+    default file of :func:`default_config_file`).
+    """
+    env = os.environ if env is None else env
+    known = _kinds()
+    chosen: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    config_path = config or (
+        Path(env["FLOW_AGENT_CONFIG"]) if env.get("FLOW_AGENT_CONFIG") else None
+    )
+    if config_path is None:
+        config_path = default_config_file(env=env)
+    if config_path is not None:
+        from_file = read_config_file(config_path)
+        chosen.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"file {config_path}"))
+    from_env = read_env(env)
+    chosen.update(from_env)
+    sources.update({k: f"environment {ENV_PREFIX}{k.upper()}" for k in from_env})
+    for name, value in (flags or {}).items():
+        if name not in known:
+            raise ValueError(f"no setting {name!r}")  # a caller bug, not the user's
+        if value is not None:
+            chosen[name] = _convert(name, known[name], value, "command line")
+            sources[name] = "command line"
+    if "state_dir" not in chosen:
+        chosen["state_dir"] = default_state_dir(env=env)
+    for name in known:
+        sources.setdefault(name, "default")
+    return Resolved(settings=Settings(**chosen), sources=sources, config_file=config_path)
+
+
 def load_settings(
     flags: Mapping[str, object] | None = None,
     *,
     config: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting: flag > environment > file > default.
-
-    ``flags`` holds the values given on the command line (``None`` means not
-    given); ``config`` is ``--config`` (else ``FLOW_AGENT_CONFIG``).
-    """
-    env = os.environ if env is None else env
-    known = _kinds()
-    chosen: dict[str, Any] = {}
-    config_path = config or (
-        Path(env["FLOW_AGENT_CONFIG"]) if env.get("FLOW_AGENT_CONFIG") else None
-    )
-    if config_path is not None:
-        chosen.update(read_config_file(config_path))
-    chosen.update(read_env(env))
-    for name, value in (flags or {}).items():
-        if name not in known:
-            raise ValueError(f"no setting {name!r}")  # a caller bug, not the user's
-        if value is not None:
-            chosen[name] = _convert(name, known[name], value, "command line")
-    if "state_dir" not in chosen:
-        chosen["state_dir"] = default_state_dir(env=env)
-    return Settings(**chosen)
+    """Resolve every setting: flag > environment > file > default (see :func:`resolve_settings`)."""
+    return resolve_settings(flags, config=config, env=env).settings
 
 
 def describe() -> list[tuple[str, str, str, str]]:
@@ -233,11 +301,15 @@ __all__ = [
     "ENV_PREFIX",
     "HELP",
     "OTHER_ENV",
+    "SYSTEM_CONFIG_FILE",
+    "Resolved",
     "Settings",
+    "default_config_file",
     "default_state_dir",
     "describe",
     "load_settings",
     "names",
     "read_config_file",
     "read_env",
+    "resolve_settings",
 ]
