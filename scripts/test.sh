@@ -25,6 +25,23 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 # -- end Chromium
 
+# -- Deployment tools for tests/packaging (lintian checks the .deb, which is
+# built with the system python3's venv and binutils' strip; systemd-analyze
+# scores the unit). Each test skips when its tool is missing.
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  deploy_pkgs=""
+  command -v lintian >/dev/null || deploy_pkgs="$deploy_pkgs lintian"
+  command -v strip >/dev/null || deploy_pkgs="$deploy_pkgs binutils"
+  command -v systemd-analyze >/dev/null || deploy_pkgs="$deploy_pkgs systemd"
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || deploy_pkgs="$deploy_pkgs python3-venv"
+  if [ -n "$deploy_pkgs" ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $deploy_pkgs >/dev/null
+  fi
+fi
+# -- end deployment tools
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
