@@ -58,6 +58,11 @@ class Settings:
     # Logs (docs/operations.md)
     log_level: str = "info"
     log_format: str = "auto"
+    # The local API and triggers (docs/api.md, docs/triggers.md)
+    api_listen: str = "127.0.0.1:8355"
+    api_token_file: Path | None = None
+    api_public_url: str | None = None
+    schedule_catch_up: str = "once"
 
 
 HELP: Final[Mapping[str, str]] = {
@@ -79,6 +84,13 @@ HELP: Final[Mapping[str, str]] = {
     "log_level": "the least severe log lines written: debug, info, warning or error",
     "log_format": "json (one object per line), text (for a person) or auto"
     " (text on a terminal, else json)",
+    "api_listen": "HOST:PORT the local API listens on; beyond loopback it needs an API token"
+    " (flow-agent api-token); port 0 picks a free port",
+    "api_token_file": "file holding the API's bearer token (default: STATE_DIR/api.token"
+    " when it exists)",
+    "api_public_url": "the URL connector services call back to (default: http://API_LISTEN)",
+    "schedule_catch_up": "schedule fires missed while the agent was down: once (run one"
+    " run on start) or none (skip them)",
 }
 
 # Below this an event (up to 256 KiB) might not fit one frame.
@@ -89,6 +101,7 @@ _CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "sync": _SYNC_LEVELS,
     "log_level": ("debug", "info", "warning", "error"),
     "log_format": ("auto", "json", "text"),
+    "schedule_catch_up": ("once", "none"),
 }
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -164,12 +177,29 @@ def _convert(name: str, kind: str, value: object, where: str) -> Any:
             if value.strip().lower() not in choices:
                 raise ValueError("expected one of " + ", ".join(choices))
             return value.strip().lower()
+        if name == "api_listen":
+            host, port = parse_listen(value)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if name == "api_public_url" and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
         return value
     except (TypeError, ValueError) as exc:
         raise UsageError(
             f"{where}: bad value {value!r} for setting {name!r}: {exc}",
             hint=f"{name}: {HELP[name]}",
         ) from None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8355`` for IPv6) as (host, port); ValueError when it is not."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # a bare IPv6 address: the port is not where we looked
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8355 or [::1]:8355 (port 0-65535)")
+    return host, int(port)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -309,6 +339,7 @@ __all__ = [
     "describe",
     "load_settings",
     "names",
+    "parse_listen",
     "read_config_file",
     "read_env",
     "resolve_settings",
