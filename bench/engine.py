@@ -29,23 +29,20 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
-import platform
 import pstats
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 # bench/ is on the path of a script run from it
 from bench_flows import LOOP, PAGE, TEN_STEPS
+from bench_report import Clock, Row, load, machine, measure, mib, print_table, rss_bytes, spread
 from prefect_compare import PrefectReport, run_prefect
 
 from agent.connectors.registry import default_registry
@@ -99,38 +96,6 @@ QUICK = Sizes(
     prefect_runs=10,
     prefect_default_runs=0,
 )
-
-
-@dataclass(slots=True)
-class Clock:
-    """Wall and CPU seconds of one measured stretch.
-
-    CPU seconds of this process are much less disturbed by other load on a
-    shared machine than wall seconds; both are reported.
-    """
-
-    wall: float = 0.0
-    cpu: float = 0.0
-
-
-@contextmanager
-def measure() -> Iterator[Clock]:
-    clock = Clock()
-    wall, cpu = time.perf_counter(), time.process_time()
-    try:
-        yield clock
-    finally:
-        clock.wall = time.perf_counter() - wall
-        clock.cpu = time.process_time() - cpu
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    name: str
-    value: str
-    unit: str
-    target: str = ""
-    detail: str = ""
 
 
 @asynccontextmanager
@@ -205,7 +170,7 @@ async def bench_runs(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[Cl
             "runs/s",
             f">= {SEQUENTIAL_TARGET:,.0f}: {'met' if median >= SEQUENTIAL_TARGET else 'MISSED'}",
             f"{sizes.runs:,} runs, {visits / sizes.runs:.2f} visits/run; "
-            + _spread(seq, sizes.runs, "runs"),
+            + spread(seq, sizes.runs, "runs"),
         ),
         Row(
             f"(a) runs, {sizes.wave} concurrent",
@@ -213,7 +178,7 @@ async def bench_runs(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[Cl
             "runs/s",
             "",
             f"{sizes.runs:,} runs, gather in waves of {sizes.wave}; "
-            + _spread(con, sizes.runs, "runs"),
+            + spread(con, sizes.runs, "runs"),
         ),
         cost,
     ]
@@ -322,19 +287,9 @@ async def bench_loop(sizes: Sizes) -> list[Row]:
             "visits/s",
             "",
             f"1 run of {expected:,} visits (operator + decision loop); "
-            + _spread(clocks, expected, "visits"),
+            + spread(clocks, expected, "visits"),
         )
     ]
-
-
-def rss_bytes() -> int | None:
-    """Resident set size from /proc/self/statm; None where there is no /proc."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 async def bench_waiting(sizes: Sizes) -> list[Row]:
@@ -366,8 +321,8 @@ async def bench_waiting(sizes: Sizes) -> list[Row]:
             f"{per_run:,.0f}",
             "B/run",
             f"< {WAITING_TARGET:,.0f}: {'met' if per_run < WAITING_TARGET else 'MISSED'}",
-            f"{sizes.waiting_runs:,} runs waiting on a page; RSS {_mib(before)} -> "
-            f"{_mib(after)}; gc-tracked objects {objects:+.2f}/run",
+            f"{sizes.waiting_runs:,} runs waiting on a page; RSS {mib(before)} -> "
+            f"{mib(after)}; gc-tracked objects {objects:+.2f}/run",
         )
     ]
 
@@ -417,60 +372,6 @@ def prefect_rows(
         Row("(d) ratio, ours / prefect", f"{ours / report.runs_per_s:,.0f}", "x", "", detail)
     )
     return rows
-
-
-def _spread(clocks: list[Clock], count: int, what: str) -> str:
-    """How the repeats varied, and the rate per CPU second of this process."""
-    rates = [count / c.wall for c in clocks]
-    cpu = statistics.median(count / c.cpu for c in clocks if c.cpu > 0)
-    spread = (
-        "1 repeat"
-        if len(rates) == 1
-        else f"median of {len(rates)} repeats ({min(rates):,.0f}-{max(rates):,.0f})"
-    )
-    return f"{spread}; {cpu:,.0f} {what} per CPU-second"
-
-
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
-
-
-def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
-    header = Row("benchmark", "result", "unit", "target", "detail")
-    table = [header, *rows]
-    widths = [max(len(getattr(r, f)) for r in table) for f in ("name", "value", "unit", "target")]
-
-    def line(r: Row) -> str:
-        cells = (
-            r.name.ljust(widths[0]),
-            r.value.rjust(widths[1]),
-            r.unit.ljust(widths[2]),
-            r.target.ljust(widths[3]),
-            r.detail,
-        )
-        return "| " + " | ".join(cells) + " |"
-
-    out(line(header))
-    out("|" + "|".join("-" * (w + 2) for w in [*widths, len(header.detail)]) + "|")
-    for row in rows:
-        out(line(row))
-
-
-def machine() -> str:
-    return (
-        f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores; "
-        f"Python {platform.python_version()}; SQLite {sqlite3.sqlite_version}; "
-        f"{platform.system()} {platform.machine()}; {load()}"
-    )
-
-
-def load() -> str:
-    """The load average: how busy the machine was while the figures were taken."""
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load average unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 async def ours(sizes: Sizes, *, profile: bool) -> tuple[list[Row], list[Clock]]:
