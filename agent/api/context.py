@@ -28,7 +28,6 @@ MAX_JSON_DEPTH = 64
 FIELD_CODES = frozenset({"missing_field", "invalid_field", "unknown_field"})
 MOVED_ON_CODES = frozenset({"stale_token", "not_waiting"})
 
-_FIELD_IN_MESSAGE = (re.compile(r"^field '([^']*)'"), re.compile(r"^'([^']*)' is not a field"))
 _INPUT_IN_MESSAGE = re.compile(r"^input '([^']*)'")
 
 
@@ -95,13 +94,7 @@ CONTEXT: web.AppKey[Context] = web.AppKey("flow_agent_context", Context)
 
 def refused_field(exc: AnswerRefused) -> str | None:
     """The page field a refused answer is about, when it is about one."""
-    if exc.code not in FIELD_CODES:
-        return None
-    for pattern in _FIELD_IN_MESSAGE:
-        match = pattern.match(str(exc))
-        if match:
-            return match.group(1)
-    return None
+    return exc.field if exc.code in FIELD_CODES else None
 
 
 def input_problems(problems: list[str]) -> list[dict[str, Any]]:

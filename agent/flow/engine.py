@@ -56,11 +56,14 @@ class AnswerRefused(Exception):
     """A resume that cannot be applied; the run is left as it was.
 
     ``code`` is one of: not_waiting, stale_token, unknown_outcome,
-    unknown_field, missing_field, invalid_field.
+    unknown_field, missing_field, invalid_field.  ``field`` names the page
+    field a refusal is about (the last three codes), so that a form can show
+    the message beside it without parsing the message.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
         self.code = code
+        self.field = field
         super().__init__(message)
 
 
@@ -391,15 +394,19 @@ class Engine:
         converted: dict[str, Any] = {}
         for name, raw in answer.fields.items():
             if name not in declared:
-                raise AnswerRefused("unknown_field", f"'{name}' is not a field of '{element.id}'")
+                raise AnswerRefused(
+                    "unknown_field", f"'{name}' is not a field of '{element.id}'", field=name
+                )
             try:
                 converted[name] = V.convert(self.flow.values[name].type, raw)
             except V.ConversionError as exc:
-                raise AnswerRefused("invalid_field", f"field '{name}': {exc}") from None
+                raise AnswerRefused("invalid_field", f"field '{name}': {exc}", field=name) from None
         for f in element.fields:
             value = converted.get(f.value, state.values.get(f.value))
             if f.required and V.is_empty(value):
-                raise AnswerRefused("missing_field", f"field '{f.value}' ({f.label}) is required")
+                raise AnswerRefused(
+                    "missing_field", f"field '{f.value}' ({f.label}) is required", field=f.value
+                )
         new = state.copy()
         new.values.update(converted)
         new.status, new.waiting, new.current = "running", None, outcome.next

@@ -129,6 +129,11 @@ class Catalog:
         record = self.store.active_flow(flow_id)
         return self._from_record(record) if record else None
 
+    def active_ids(self) -> list[str]:
+        """Ids of the flows a new run can start on (stored active ones and local files)."""
+        ids = {record.flow_id for record in self.store.list_flows(active_only=True)}
+        return sorted(ids | set(self._local))
+
     def version(self, flow_id: str, version: int) -> Engine | None:
         """The engine of an exact version (a run keeps the version it started on)."""
         local = self._local.get(flow_id)
