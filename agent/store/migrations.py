@@ -136,7 +136,38 @@ def _m003_secrets(db: Database) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link, _m003_secrets)
+def _m004_schedules(db: Database) -> None:
+    """Schedule triggers (``agent.runtime.triggers``): what fired, and how far each got.
+
+    ``schedule_fires`` has one row per (flow, fire time), written before the
+    run starts; its run id is derived from the two, so the row and the
+    ``runs`` primary key together make a fire start one run, even across a
+    crash between the two writes.  ``error`` holds why a fire started no run
+    (its inputs did not fit).  ``schedule_marks`` is, per flow and schedule
+    (cron and time zone), the latest fire time handled, or the time the
+    schedule was first seen: the point from which missed fires are counted.
+    """
+    db.create_table(
+        "schedule_fires",
+        {
+            "flow_id": str,
+            "fire_time": int,
+            "run_id": str,
+            "recorded_at": float,
+            "error": str,
+        },
+        pk=("flow_id", "fire_time"),
+        not_null={"run_id", "recorded_at"},
+    )
+    db.create_table(
+        "schedule_marks",
+        {"flow_id": str, "schedule": str, "last_fire": float, "updated_at": float},
+        pk=("flow_id", "schedule"),
+        not_null={"last_fire", "updated_at"},
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link, _m003_secrets, _m004_schedules)
 
 
 class SchemaTooNew(StoreError):
