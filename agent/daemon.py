@@ -16,6 +16,13 @@ their last step is committed, so the next start resumes them.
 
 Synced flows keep running while the control plane is unreachable: timers
 and resumes need only the store.
+
+The lifecycle around it (``agent.supervisor``): readiness (``READY=1`` once
+the store, the API and the first sync are up), the systemd watchdog fed
+while the timer loop progresses, ``STATUS=`` lines, SIGHUP reloads, and
+exit codes: 0 after a requested stop, 78 (EX_CONFIG) when the configuration
+or the identity is unusable, 70 (EX_SOFTWARE) for a crash.  docs/operations.md
+tells admins the same.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,13 +37,15 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.api.metrics import Metrics
 from agent.connectors.registry import ConnectorRegistry, default_registry
-from agent.errors import AgentError, OperationError
+from agent.errors import AgentError, ConfigError, OperationError, StoreError
 from agent.identity import Identity, load_identity, load_private_key
 from agent.link.client import Link, LinkOptions
 from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
 from agent.link.outbox import Outbox, OutboxObserver
 from agent.link.pairing import (
+    PairingFailed,
     PairingRefused,
     adopt_identity,
     pair,
@@ -45,16 +53,21 @@ from agent.link.pairing import (
     wipe_token_file,
 )
 from agent.link.state import LinkState, read_link_status
-from agent.link.sync import FlowSync
-from agent.link.transport import check_plaintext, link_url, open_link
+from agent.link.transport import check_plaintext, link_url, open_link, ssl_context
+from agent.logs import LogContextObserver, RedactingSecrets, add_secret, configure_logging
+from agent.metrics import AgentMetrics, chain
+from agent.notify import Notifier, watchdog_interval
 from agent.runtime.runner import Runner
 from agent.secrets import SecretStore, SecretsView
 from agent.settings import Settings
 from agent.store.sqlite import SqliteStore
+from agent.supervisor import Lifecycle, Signals, WatchedSync
 
 log = logging.getLogger("flow_agent.daemon")
 
 FLUSH_ON_STOP: Final = 2.0  # seconds to let the outbox drain before the link closes
+EXIT_CONFIG: Final = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= stops on it
+EXIT_CRASH: Final = 70  # EX_SOFTWARE
 WAKE_RETRY: Final = 60.0  # a run that could not be woken is tried again after this long
 
 
@@ -72,6 +85,7 @@ class Agent:
         secrets: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -79,6 +93,11 @@ class Agent:
         self.clock = clock
         self.mono = mono
         self.registry = registry or default_registry()
+        # One registry for /metrics: the API's collectors and the daemon's.
+        self.metrics = Metrics()
+        self.ops_metrics = AgentMetrics(registry=self.metrics.registry)
+        self.lifecycle = lifecycle or Lifecycle(mono=mono, clock=clock)
+        self.lifecycle.attach(self, metrics=self.ops_metrics)
         self.outbox = Outbox(store, limit=settings.outbox_limit)
         self.observer = OutboxObserver(
             self.outbox, report_outputs=settings.report_outputs, clock=clock, mono=mono
@@ -87,13 +106,20 @@ class Agent:
         self.runner = Runner(
             store=store,
             catalog=self.catalog,
-            connectors=self.registry,
+            connectors=self.ops_metrics.connectors(self.registry, mono=mono),
             secrets=secrets,
-            observer=self.observer,
+            # The outbox first: a commit it refuses is rolled back and counted nowhere.
+            observer=chain(self.observer, self.metrics, self.ops_metrics, LogContextObserver()),
             clock=clock,
         )
         self.pool = RunPool()
-        self.sync = FlowSync(store=store, outbox=self.outbox, identity=identity, clock=clock)
+        self.sync = WatchedSync(
+            store=store,
+            outbox=self.outbox,
+            identity=identity,
+            clock=clock,
+            on_frame=self.lifecycle.sync_frame,
+        )
 
         def hook(callback: Callable[[str], None]) -> None:
             self.observer.on_started = callback
@@ -125,18 +151,22 @@ class Agent:
             mono=mono,
             clock=clock,
         )
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # serving (readiness is self.lifecycle.readiness)
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self._wake_failed: dict[str, float] = {}
 
     async def _open(self, url: str) -> Any:
-        return await open_link(
-            url,
-            ca_file=self.settings.ca_file,
-            max_frame_bytes=self.settings.max_frame_bytes,
-            open_timeout=self.settings.connect_timeout,
-        )
+        try:
+            return await open_link(
+                url,
+                ca_file=self.settings.ca_file,
+                max_frame_bytes=self.settings.max_frame_bytes,
+                open_timeout=self.settings.connect_timeout,
+            )
+        except Exception:
+            self.lifecycle.connect_failed()
+            raise
 
     def request_stop(self) -> None:
         """First call: drain and stop; second call: stop now."""
@@ -152,21 +182,28 @@ class Agent:
         link_enabled = self._link_allowed()
         async with asyncio.TaskGroup() as group:
             self.pool.bind(group)
+            lifecycle = [
+                group.create_task(work, name=name)
+                for name, work in self.lifecycle.tasks(link_enabled=link_enabled)
+            ]
             link_task = group.create_task(self._link_main(), name="link") if link_enabled else None
             timers = group.create_task(self._timers(), name="timers")
-            for run_id in interrupted_runs(self.runner):
-                log.info("run %s was interrupted; resuming it", run_id)
-                self.pool.spawn(run_id, self._wake(run_id))
+            if not self.stop_requested.is_set():
+                for run_id in interrupted_runs(self.runner):
+                    log.info("run %s was interrupted; resuming it", run_id)
+                    self.pool.spawn(run_id, self._wake(run_id))
             self.ready.set()
             await self.stop_requested.wait()
+            self.lifecycle.stopping(runs=len(self.pool))
             timers.cancel()
-            finished = await self.pool.drain(self.settings.drain_timeout, force=self.force)
-            if not finished:
-                log.warning("some runs were still busy; they resume where they were on restart")
-            if link_task is not None:
+            await self.pool.drain(self.settings.drain_timeout, force=self.force)
+            if link_task is not None and not self.force.is_set():
                 await self._flush()
             self.link.stop()
+            for task in lifecycle:
+                task.cancel()
         await self.registry.close_all()
+        self.lifecycle.stopped(leftover=interrupted_runs(self.runner))
 
     def _link_allowed(self) -> bool:
         status = read_link_status(self.store)
@@ -191,11 +228,17 @@ class Agent:
 
     async def _flush(self) -> None:
         deadline = self.mono() + FLUSH_ON_STOP
-        while self.link.ready.is_set() and self.outbox.depth() and self.mono() < deadline:
+        while (
+            self.link.ready.is_set()
+            and self.outbox.depth()
+            and self.mono() < deadline
+            and not self.force.is_set()
+        ):
             await asyncio.sleep(0.05)
 
     async def _timers(self) -> None:
         while True:
+            self.lifecycle.progress.beat("timer")
             now = self.clock()
             for record in self.store.due_runs(now):
                 retry = self._wake_failed.get(record.run_id)
@@ -218,11 +261,14 @@ def token_from_env(env: Mapping[str, str]) -> tuple[str | None, Path | None]:
     """The pairing token of a container start: (text, file it came from)."""
     text = env.get("FLOW_AGENT_PAIRING_TOKEN")
     if text:
+        add_secret(text)
         return text, None
     name = env.get("FLOW_AGENT_PAIRING_TOKEN_FILE")
     if name:
         path = Path(name)
-        return read_token_file(path), path
+        text = read_token_file(path)
+        add_secret(text)
+        return text, path
     return None, None
 
 
@@ -268,24 +314,92 @@ async def run_daemon(
     env: Mapping[str, str] | None = None,
     install_signals: bool = True,
     on_agent: Callable[[Agent], None] | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
+    manage_logging: bool = False,
+    notifier: Notifier | None = None,
 ) -> int:
-    """The whole daemon; returns the exit code (0 after a requested stop)."""
+    """The whole daemon; returns the exit code (0 after a requested stop).
+
+    Raises ``ConfigError`` (exit 78) when the configuration or the identity
+    is unusable: restarting cannot help.  ``reload_settings`` re-reads the
+    configuration on SIGHUP; ``manage_logging`` lets the daemon own the log
+    handlers (level and format from the settings, live on reload).
+    """
     env = os.environ if env is None else env
+    if manage_logging:
+        configure_logging(level=settings.log_level, fmt=settings.log_format)
+    notifier = Notifier.from_env(env) if notifier is None else notifier
+    signals = Signals(main=asyncio.current_task())
+    if install_signals:
+        signals.install()
+    try:
+        return await _run(
+            settings,
+            env=env,
+            signals=signals,
+            on_agent=on_agent,
+            lifecycle=Lifecycle(
+                notifier=notifier,
+                watchdog_interval=watchdog_interval(env),
+                reload_settings=reload_settings,
+                manage_logging=manage_logging,
+            ),
+        )
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not signals.requested or task is None:
+            raise
+        task.uncancel()  # the second stop request cut the start-up short, as asked
+        log.info("stopped during start-up")
+        return 0
+    except ConfigError as exc:
+        notifier.status(f"configuration error: {exc.message}")
+        raise
+    finally:
+        if install_signals:
+            signals.remove()
+        notifier.close()
+
+
+async def _run(
+    settings: Settings,
+    *,
+    env: Mapping[str, str],
+    signals: Signals,
+    on_agent: Callable[[Agent], None] | None,
+    lifecycle: Lifecycle,
+) -> int:
     store = SqliteStore.open(settings.state_dir, synchronous=settings.sync)
     vault: SecretStore | None = None
     try:
-        identity = await ensure_identity(settings, store, env=env)
-        key = load_private_key(settings.state_dir)
-        vault = SecretStore.for_store(store)
-        secrets = SecretsView(vault)
-        registry = default_registry(secrets=secrets, state_dir=settings.state_dir)
-        agent = Agent(
-            settings, store=store, identity=identity, key=key, registry=registry, secrets=secrets
-        )
-        loop = asyncio.get_running_loop()
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, agent.request_stop)
+        try:
+            if settings.ca_file is not None:
+                ssl_context(settings.ca_file)  # unreadable: say so now, not at each connect
+            identity = await ensure_identity(settings, store, env=env)
+            key = load_private_key(settings.state_dir)
+            vault = SecretStore.for_store(store)
+            secrets = RedactingSecrets(SecretsView(vault))
+            secrets.refresh()
+            lifecycle.reload_hooks.append(secrets.refresh)
+            registry = default_registry(secrets=secrets, state_dir=settings.state_dir)
+            agent = Agent(
+                settings,
+                store=store,
+                identity=identity,
+                key=key,
+                registry=registry,
+                secrets=secrets,
+                lifecycle=lifecycle,
+            )
+        except (PairingFailed, StoreError):
+            raise  # the network or the disk: a restart may well help
+        except ConfigError:
+            raise
+        except AgentError as exc:
+            # Not paired, a refused token, a damaged identity, a plaintext URL, an
+            # unreadable CA file: a restart cannot help, so systemd must not loop.
+            raise ConfigError(exc.message, hint=exc.hint) from exc
+        signals.attach(agent)
         if on_agent is not None:
             on_agent(agent)
         log.info(
@@ -295,12 +409,7 @@ async def run_daemon(
             identity.url,
             settings.state_dir,
         )
-        try:
-            await agent.serve()
-        finally:
-            if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+        await agent.serve()
     finally:
         if vault is not None:
             vault.close()
@@ -309,4 +418,4 @@ async def run_daemon(
     return 0
 
 
-__all__ = ["Agent", "ensure_identity", "run_daemon", "token_from_env"]
+__all__ = ["EXIT_CONFIG", "EXIT_CRASH", "Agent", "ensure_identity", "run_daemon", "token_from_env"]

@@ -19,12 +19,14 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 from urllib.parse import quote
+
+from agent.errors import AgentError
 
 FORMATS: Final = ("auto", "json", "text")
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -107,6 +109,72 @@ REDACTOR: Final = Redactor()
 def add_secret(*values: str | None) -> None:
     """Mask these values in every log line from now on."""
     REDACTOR.add(*values)
+
+
+class RedactingSecrets(Mapping[str, str]):
+    """A secrets mapping that teaches the redactor every value it hands out.
+
+    The runner and the connectors read secrets through it, so a value is
+    masked in the logs before any code that uses it can log it.
+    """
+
+    def __init__(self, inner: Mapping[str, str], redactor: Redactor = REDACTOR) -> None:
+        self._inner = inner
+        self._redactor = redactor
+
+    def __getitem__(self, name: str) -> str:
+        value = self._inner[name]
+        self._redactor.add(value)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inner)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __repr__(self) -> str:
+        return f"RedactingSecrets({self._inner!r})"
+
+    def refresh(self) -> int:
+        """Learn every value now (at start and on reload); returns how many were read."""
+        count = 0
+        for name in list(self._inner):
+            try:
+                self[name]
+            except (KeyError, AgentError):
+                continue  # gone meanwhile, or unreadable: the run that needs it says so
+            count += 1
+        return count
+
+
+class LogContextObserver:
+    """A runner observer that puts the run's id, flow and element into the log context.
+
+    It is told inside the task that drives the run, so every later line of
+    that task carries them.
+    """
+
+    def committed(
+        self,
+        *,
+        result: dict[str, Any],
+        previous: str | None,
+        visits: tuple[Any, ...],
+        parent_id: str | None,
+    ) -> None:
+        path = result.get("path") or []
+        waiting = result.get("waiting") or {}
+        element = waiting.get("element") if isinstance(waiting, dict) else None
+        bind(
+            run_id=_text(result.get("run_id")),
+            flow=_text(result.get("flow")),
+            element=_text(element or (path[-1] if path else None)),
+        )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 class RedactFilter(logging.Filter):
@@ -239,7 +307,9 @@ __all__ = [
     "MASK",
     "REDACTOR",
     "JsonFormatter",
+    "LogContextObserver",
     "RedactFilter",
+    "RedactingSecrets",
     "Redactor",
     "TextFormatter",
     "add_secret",

@@ -1,6 +1,9 @@
 """systemd notification over the plain ``NOTIFY_SOCKET`` datagram protocol.
 
 No systemd library: one ``AF_UNIX``/``SOCK_DGRAM`` socket and ``sendto``.
+``Watchdog`` feeds ``WATCHDOG=1`` only while the loops it watches
+(``Progress``) beat within their allowance; a blocked event loop does not
+run it at all.
 A name starting with ``@`` is an abstract socket (Linux), as sd_notify(3)
 specifies.  Without ``NOTIFY_SOCKET`` every method is a no-op, so the same
 code runs under systemd, in a container, in a terminal and in tests.
@@ -12,11 +15,16 @@ first failure is logged, later ones only at debug level.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
-from typing import Final
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger("flow_agent.notify")
 
@@ -125,4 +133,87 @@ class Notifier:
         return (f"STATUS={line[:MAX_STATUS]}",)
 
 
-__all__ = ["Notifier", "watchdog_interval"]
+class Progress:
+    """Beats of loops that must keep going, each with the age it may reach."""
+
+    def __init__(self, *, mono: Callable[[], float] = time.monotonic) -> None:
+        self.mono = mono
+        self._beats: dict[str, float] = {}
+        self._limits: dict[str, Callable[[], float]] = {}
+
+    def watch(self, name: str, max_age: Callable[[], float]) -> None:
+        self._limits[name] = max_age
+        self._beats[name] = self.mono()
+
+    def forget(self, name: str) -> None:
+        self._limits.pop(name, None)
+        self._beats.pop(name, None)
+
+    def beat(self, name: str) -> None:
+        if name in self._limits:
+            self._beats[name] = self.mono()
+
+    def stale(self) -> list[tuple[str, float]]:
+        """(name, seconds since its last beat) of every loop past its allowance."""
+        now = self.mono()
+        late = []
+        for name, limit in self._limits.items():
+            age = now - self._beats[name]
+            if age > limit():
+                late.append((name, age))
+        return late
+
+
+class Watchdog:
+    """Feeds ``WATCHDOG=1`` every ``interval`` while no watched loop is stale."""
+
+    def __init__(
+        self,
+        *,
+        notifier: Notifier,
+        progress: Progress,
+        interval: float,
+        metrics: AgentMetrics | None = None,
+        sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+    ) -> None:
+        self.notifier = notifier
+        self.progress = progress
+        self.interval = interval
+        self.metrics = metrics
+        self.sleep = sleep
+        self.fed = 0
+        self.withheld = 0
+        self._stalled = False
+
+    def tick(self) -> bool:
+        """One check: feed when every loop progresses.  True when fed."""
+        stale = self.progress.stale()
+        if stale:
+            self.withheld += 1
+            if not self._stalled:
+                what = ", ".join(f"the {name} loop has not progressed for {age:.1f} s"
+                                 for name, age in stale)  # fmt: skip
+                log.error("watchdog not fed: %s", what)
+            self._stalled = True
+            return False
+        if self._stalled:
+            log.warning("the watched loops progress again; feeding the watchdog")
+            self._stalled = False
+        self.fed += 1
+        self.notifier.watchdog()
+        return True
+
+    async def run(self) -> None:
+        mono = self.progress.mono
+        while True:
+            before = mono()
+            await self.sleep(self.interval)
+            lag = max(mono() - before - self.interval, 0.0)
+            if self.metrics is not None:
+                self.metrics.loop_lag.set(lag)
+            if lag > max(1.0, self.interval / 2):
+                log.warning("the event loop was blocked for about %.1f s", lag)
+            self.tick()
+
+
+__all__ = ["Notifier", "Progress", "Watchdog", "watchdog_interval"]
