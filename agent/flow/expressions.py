@@ -28,6 +28,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.visitor import NodeTransformer
 
+from .fastpath import fast_expression, fast_template
 from .values import format_number, to_decimal
 
 MAX_SEQUENCE: Final = 1_000_000  # items or characters a `*` may produce
@@ -315,8 +316,14 @@ def compile_expression(source: str) -> Compiled:
         raise ExpressionError(f"invalid expression: {exc}") from None
     except _COMPILE_ERRORS as exc:
         raise ExpressionError(f"invalid expression: {_explain(exc)}") from None
+    names = _names(tree)
+    statement = tree.body[0]
+    assert isinstance(statement, nodes.Assign)
+    fast = fast_expression(ENV, statement.node)  # type: ignore[arg-type]
+    if fast is not None:
+        return Compiled(source, names, lambda scope: _to_data(fast(scope)))
     evaluate = TemplateExpression(template, undefined_to_none=True)
-    return Compiled(source, _names(tree), lambda scope: _to_data(evaluate(dict(scope))))
+    return Compiled(source, names, lambda scope: _to_data(evaluate(dict(scope))))
 
 
 def compile_template(source: str) -> Compiled:
@@ -328,6 +335,10 @@ def compile_template(source: str) -> Compiled:
         raise ExpressionError(f"invalid template: {exc}") from None
     except _COMPILE_ERRORS as exc:
         raise ExpressionError(f"invalid template: {_explain(exc)}") from None
+
+    fast = fast_template(ENV, tree, MAX_OUTPUT)
+    if fast is not None:
+        return Compiled(source, _names(tree), fast)
 
     def render(scope: Mapping[str, Any]) -> str:
         out: list[str] = []
