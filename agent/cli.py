@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli_secrets
 
     cli_secrets.add_parser(sub)
+
+    from agent import cli_ops
+
+    cli_ops.add_parsers(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -77,11 +78,23 @@ def add_parsers(sub: Any) -> None:
         help="the daemon: connect to the control plane, sync flows, run them",
         description="Connect out to the paired control plane, sync published flows, run"
         " them and report their state. Pairs on first start from FLOW_AGENT_PAIRING_TOKEN or"
-        " FLOW_AGENT_PAIRING_TOKEN_FILE. Runs until SIGTERM/SIGINT (a second one stops at once).",
+        " FLOW_AGENT_PAIRING_TOKEN_FILE. Runs until SIGTERM/SIGINT (a second one stops at once);"
+        " SIGHUP reloads the configuration. Exit codes: 0 after a stop, 78 for a configuration"
+        " or identity error (restarting cannot help), 70 for a crash. See docs/operations.md.",
     )
     _common(p)
     _tls(p)
     p.add_argument("--heartbeat", type=float, metavar="SECONDS", help="seconds between pings")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="the least severe log lines written (default info; -v means debug)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="json lines, text, or auto: text on a terminal, else json (default auto)",
+    )
     p.set_defaults(handler=run_cmd)
 
     p = sub.add_parser(
@@ -173,23 +186,43 @@ def pair_cmd(args: argparse.Namespace) -> int:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from agent.daemon import run_daemon
+    """Exit 0 after a requested stop, 78 for configuration or identity errors, 70 for a crash."""
+    from agent.daemon import EXIT_CRASH, run_daemon
+    from agent.errors import AgentError, ConfigError
 
-    settings = _settings(
-        args,
-        ca_file=args.ca_file,
-        allow_plaintext=args.allow_plaintext,
-        heartbeat=args.heartbeat,
-    )
-    root = logging.getLogger()
-    if root.level > logging.INFO:
-        # A daemon says what it does; -v is for the one-shot commands.
-        root.setLevel(logging.INFO)
-    return asyncio.run(run_daemon(settings))
+    def load() -> Settings:
+        return _settings(
+            args,
+            ca_file=args.ca_file,
+            allow_plaintext=args.allow_plaintext,
+            heartbeat=args.heartbeat,
+            log_level="debug" if args.verbose else args.log_level,
+            log_format=args.log_format,
+        )
+
+    try:
+        settings = load()
+    except ConfigError:
+        raise
+    except AgentError as exc:  # a bad file, an unknown setting, a bad value: exit 78
+        raise ConfigError(exc.message, hint=exc.hint) from exc
+    try:
+        return asyncio.run(run_daemon(settings, reload_settings=load, manage_logging=True))
+    except AgentError:
+        raise
+    except Exception as exc:
+        # A bug: the whole story goes to the log, one line to whoever watches stderr.
+        logging.getLogger("flow_agent.daemon").critical("the agent crashed", exc_info=True)
+        print(
+            f"flow-agent: the agent crashed ({type(exc).__name__}); its log has the details",
+            file=sys.stderr,
+        )
+        return EXIT_CRASH
 
 
 def status_cmd(args: argparse.Namespace) -> int:
     from agent.link.status import format_status, read_status, status_json
+    from agent.supervisor import lifecycle_json, lifecycle_text, read_lifecycle
 
     settings = _settings(args)
     if not settings.state_dir.exists():
@@ -198,10 +231,20 @@ def status_cmd(args: argparse.Namespace) -> int:
             hint="pass --state-dir, or pair first: flow-agent pair TOKEN",
         )
     status = read_status(settings.state_dir)
+    # The daemon's lifecycle (starting, ready, draining), when one runs.
+    lifecycle = read_lifecycle(settings.state_dir) if status.daemon_pid is not None else None
     if args.json:
-        print(status_json(status))
+        doc = json.loads(status_json(status))
+        doc["lifecycle"] = lifecycle_json(lifecycle)
+        print(json.dumps(doc, indent=2))
     else:
-        for line in format_status(status):
+        lines = format_status(status)
+        if lifecycle is not None:
+            lines.insert(
+                lines.index(next(x for x in lines if x.startswith("daemon:"))) + 1,
+                "lifecycle:       " + lifecycle_text(lifecycle),
+            )
+        for line in lines:
             print(line)
     return EXIT_OK if status.identity is not None else EXIT_FAILED
 

@@ -124,9 +124,11 @@ class AgentMetrics:
             registry=r,
         )
         self.build_info = Gauge(
-            "flow_agent_build_info", "Always 1; the agent's version as a label", ["version"],
+            "flow_agent_build_info",
+            "Always 1; the agent's version as a label",
+            ["version"],
             registry=r,
-        )  # fmt: skip
+        )
         self.build_info.labels(version=__version__).set(1)
         for state in LINK_STATES:
             self.link_state.labels(state=state).set(0)

@@ -191,8 +191,9 @@ class Watchdog:
         if stale:
             self.withheld += 1
             if not self._stalled:
-                what = ", ".join(f"the {name} loop has not progressed for {age:.1f} s"
-                                 for name, age in stale)  # fmt: skip
+                what = ", ".join(
+                    f"the {name} loop has not progressed for {age:.1f} s" for name, age in stale
+                )
                 log.error("watchdog not fed: %s", what)
             self._stalled = True
             return False

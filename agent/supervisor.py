@@ -35,6 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -198,9 +199,11 @@ class Lifecycle:
         ]
         if interval is not None:
             watchdog = Watchdog(
-                notifier=self.notifier, progress=self.progress, interval=interval,
+                notifier=self.notifier,
+                progress=self.progress,
+                interval=interval,
                 metrics=self.metrics,
-            )  # fmt: skip
+            )
             found.append(("watchdog", watchdog.run()))
         return found
 
@@ -243,9 +246,10 @@ class Lifecycle:
         self._status = text
         self.notifier.ready(text)
         log.info(
-            "ready: %s (%.2f s after start)", self.readiness.detail or text,
+            "ready: %s (%.2f s after start)",
+            self.readiness.detail or text,
             self.clock() - self._started_at,
-        )  # fmt: skip
+        )
 
     async def _first_sync(self) -> None:
         agent = self.agent
@@ -475,6 +479,29 @@ def read_lifecycle(state_dir: Path) -> dict[str, Any] | None:
     finally:
         conn.close()
     return doc if isinstance(doc, dict) else None
+
+
+def lifecycle_json(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The lifecycle record as ``flow-agent status --json`` shows it."""
+    if doc is None:
+        return None
+    since = doc.get("since")
+    return {
+        "state": doc.get("state"),
+        "since": None
+        if not isinstance(since, int | float)
+        else datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
+        "pid": doc.get("pid"),
+        "version": doc.get("version"),
+    }
+
+
+def lifecycle_text(doc: dict[str, Any]) -> str:
+    shown = lifecycle_json(doc) or {}
+    text = str(shown.get("state"))
+    if shown.get("since"):
+        text += f" since {shown['since']}"
+    return text + f" (flow-agent {shown.get('version')})"
 
 
 __all__ = [
