@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+import simplejson
+
 TYPES: Final = frozenset({"string", "number", "boolean", "datetime", "object", "list", "secret"})
 ACCESS: Final = frozenset({"private", "input", "output", "input_output"})
 INPUT_ACCESS: Final = frozenset({"input", "input_output"})
@@ -233,40 +235,32 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _write(value: Any, out: list[str]) -> None:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} is not a finite number")
-        out.append(str(value))  # a valid JSON number, exponent included
-    elif isinstance(value, datetime):
-        out.append(json.dumps(value.isoformat()))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            out.append("," if i else "")
-            out.append(json.dumps(str(key), ensure_ascii=False))
-            out.append(":")
-            _write(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            out.append("," if i else "")
-            _write(item, out)
-        out.append("]")
-    else:
-        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not run data")
 
 
 def dumps(value: Any) -> str:
     """Compact JSON of in-run data (Decimals and datetimes included).
 
     Decimals are written digit for digit, not through a float: a stored run
-    must resume with exactly the numbers it had (1/3 keeps its 28 digits).
+    must resume with exactly the numbers it had (1/3 keeps its 28 digits,
+    2.50 stays 2.50).  simplejson does that in C (``use_decimal``); the
+    standard library can only write floats.
     """
-    out: list[str] = []
-    _write(value, out)
-    return "".join(out)
+    try:
+        text: str = simplejson.dumps(
+            value,
+            use_decimal=True,
+            default=_default,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+        return text
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot store run data: {exc}") from None
 
 
 def loads(text: str) -> Any:
