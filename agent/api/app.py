@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from agent.errors import AgentError, StoreError
+from agent.runtime.callbacks import CallbackIssuer
 from agent.runtime.runner import Runner
 
 from . import player, routes
@@ -42,34 +43,48 @@ def _always_ready() -> bool:
     return True
 
 
+def _fixed(token: str | None) -> Callable[[], str | None]:
+    return lambda: token
+
+
 def create_app(
     *,
     runner: Runner,
-    token: str | None = None,
+    token: str | Callable[[], str | None] | None = None,
     ready: Callable[[], bool | str] = _always_ready,
     metrics: Metrics | None = None,
     secrets: Mapping[str, str] | None = None,
     max_body: int = MAX_BODY,
+    callbacks: CallbackIssuer | None = None,
+    accepting: Callable[[], bool] | None = None,
 ) -> web.Application:
     """The local API and player page around ``runner`` (and its store and catalog).
 
     ``token``: when set, every route but ``/livez`` and ``/readyz`` needs
     ``Authorization: Bearer <token>`` (the player also takes its session
     cookie); when None the app answers only requests whose Host is loopback.
-    ``ready()`` returns True when the agent is ready, else False or the
-    reason.  ``metrics`` is the registry ``/metrics`` serves; give the same
-    object to the ``Runner`` as its observer so runs are counted.
-    ``secrets`` (default: the runner's) holds the webhook signing secrets.
-    Bodies larger than ``max_body`` bytes are refused with 413.
+    A callable (``auth.TokenFile``) is asked on every request, so a rotated
+    token applies at once.  ``ready()`` returns True when the agent is
+    ready, else False or the reason.  ``metrics`` is the registry
+    ``/metrics`` serves; give the same object to the ``Runner`` as its
+    observer (``metrics.wrap(other)``) so runs are counted.  ``secrets``
+    (default: the runner's) holds the webhook signing secrets.  Bodies larger
+    than ``max_body`` bytes are refused with 413.  ``callbacks`` checks the
+    tokens of ``POST /api/v1/runs/{run_id}/callback`` (connector services
+    answering late); without it that route answers 404.  While
+    ``accepting()`` is False (the agent stops) new runs are refused with 503.
     """
     ctx = Context(
         runner=runner,
         metrics=metrics or Metrics(),
-        token=token,
+        token_source=token if callable(token) else _fixed(token),
         ready=ready,
         secrets=runner.secrets if secrets is None else secrets,
         clock=runner.clock,
+        callbacks=callbacks,
     )
+    if accepting is not None:
+        ctx.accepting = accepting
     app = web.Application(
         client_max_size=max_body,
         middlewares=[_count_requests, _problems(max_body), _authenticate],
@@ -210,7 +225,12 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     ctx = request.app[CONTEXT]
     if request.method in _UNSAFE and _cross_site(request):
         raise Problem(403, "cross_site", "cross-site requests are refused (Origin does not match)")
-    if ctx.token is None:
+    if routes.is_callback(request):
+        # A connector service's callback carries its own single-use token (and
+        # reaches the agent by api_public_url, whatever host name that has).
+        return await handler(request)
+    token = ctx.token
+    if token is None:
         if not is_loopback_host(request.host):
             raise Problem(
                 403,
@@ -220,15 +240,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     given = bearer(request.headers.get("Authorization"))
     if given is not None:
-        if not same_secret(given, ctx.token):
+        if not same_secret(given, token):
             raise _unauthorized("the bearer token is not this agent's API token")
         return await handler(request)
     cookie = request.cookies.get(SESSION_COOKIE)
-    if (
-        player.is_player(path)
-        and cookie is not None
-        and same_secret(cookie, session_value(ctx.token))
-    ):
+    if player.is_player(path) and cookie is not None and same_secret(cookie, session_value(token)):
         return await handler(request)
     if path.startswith(f"{routes.PREFIX}/hooks/") or player.is_public(path):
         return await handler(request)  # a signed webhook authenticates itself

@@ -11,12 +11,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import ConfigError
+
+log = logging.getLogger("flow_agent.api")
 
 TOKEN_FILE = "api.token"
 SESSION_COOKIE = "flow_agent_session"
@@ -41,10 +46,21 @@ def _write_private(path: Path, text: str) -> None:
 def load_or_create_token(state_dir: Path) -> str:
     """The API token of this state directory, created on first use."""
     path = state_dir / TOKEN_FILE
+    if not path.exists():
+        return rotate_token(state_dir)
+    return read_token_file(path)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``: ConfigError when it is missing, unreadable,
+    readable by other users, or too short to be a token."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        return rotate_token(state_dir)
+        raise ConfigError(
+            f"{path}: the API token file does not exist",
+            hint="create it with 'flow-agent api-token' (or point api_token_file elsewhere)",
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the API token: {exc.strerror}") from None
     if stat.S_IMODE(info.st_mode) & 0o077:
@@ -52,7 +68,8 @@ def load_or_create_token(state_dir: Path) -> str:
         raise ConfigError(
             f"{path}: the API token file is readable by other users "
             f"(mode {stat.S_IMODE(info.st_mode):04o})",
-            hint="rotate it with 'flow-agent api-token --rotate' (the new file is 0600)",
+            hint="chmod 600 it, or replace it with 'flow-agent api-token --rotate'"
+            " (the new file is 0600)",
         )
     try:
         token = path.read_text(encoding="ascii").strip()
@@ -66,17 +83,61 @@ def load_or_create_token(state_dir: Path) -> str:
     return token
 
 
-def rotate_token(state_dir: Path) -> str:
-    """Replace the token with a new random one and return it."""
+def rotate_token(state_dir: Path, *, path: Path | None = None) -> str:
+    """Replace the token (``STATE_DIR/api.token``, or ``path``) with a new
+    random one and return it."""
+    path = state_dir / TOKEN_FILE if path is None else path
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.parent == state_dir:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = secrets.token_urlsafe(_TOKEN_BYTES)
-        _write_private(state_dir / TOKEN_FILE, token)
+        _write_private(path, token)
     except OSError as exc:
-        raise ConfigError(
-            f"{state_dir / TOKEN_FILE}: cannot write the API token: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"{path}: cannot write the API token: {exc.strerror}") from None
     return token
+
+
+class TokenFile:
+    """The API token kept in a file, read again when the file changes.
+
+    So a rotation (``flow-agent api-token --rotate``) takes effect in a
+    running agent within ``every`` seconds, without a restart.  A file that
+    becomes unusable (removed, opened up to other users) keeps the last good
+    token and is logged: failing open is never the answer.
+    """
+
+    def __init__(
+        self, path: Path, *, every: float = 1.0, mono: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.every = every
+        self.mono = mono
+        self._token = read_token_file(path)
+        self._seen = self._identity()
+        self._checked = mono()
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def __call__(self) -> str:
+        now = self.mono()
+        if now - self._checked < self.every:
+            return self._token
+        self._checked = now
+        seen = self._identity()
+        if seen != self._seen:
+            self._seen = seen
+            try:
+                self._token = read_token_file(self.path)
+            except ConfigError as exc:
+                log.error("the API token was not reloaded, the previous one stays: %s", exc)
+            else:
+                log.info("the API token changed (%s); the new one applies", self.path)
+        return self._token
 
 
 def same_secret(given: str, expected: str) -> bool:

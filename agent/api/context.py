@@ -14,6 +14,7 @@ from aiohttp import web
 from agent.errors import AgentError
 from agent.flow.engine import AnswerRefused
 from agent.flow.model import Flow
+from agent.runtime.callbacks import CallbackIssuer
 from agent.runtime.catalog import Catalog
 from agent.runtime.runner import Runner
 from agent.store.base import RunRecord, Store
@@ -31,15 +32,37 @@ MOVED_ON_CODES = frozenset({"stale_token", "not_waiting"})
 _INPUT_IN_MESSAGE = re.compile(r"^input '([^']*)'")
 
 
+def _accepting() -> bool:
+    return True
+
+
 @dataclass(kw_only=True)
 class Context:
     runner: Runner
     metrics: Metrics
-    token: str | None
+    token_source: Callable[[], str | None]
     ready: Callable[[], bool | str]
     secrets: Mapping[str, str]
     clock: Callable[[], float]
+    callbacks: CallbackIssuer | None = None
+    # False while the agent stops: new runs are refused, the rest is served.
+    accepting: Callable[[], bool] = _accepting
     replay: ReplayGuard = field(default_factory=ReplayGuard)
+
+    @property
+    def token(self) -> str | None:
+        """The API token now (a token file is read again when it changes)."""
+        return self.token_source()
+
+    def check_accepting(self) -> None:
+        """503 while the agent stops: it takes no new runs then."""
+        if not self.accepting():
+            raise Problem(
+                503,
+                "draining",
+                "the agent is stopping and starts no new runs; try again shortly",
+                headers={"Retry-After": "10"},
+            )
 
     @property
     def store(self) -> Store:

@@ -194,6 +194,18 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {"inputs": {"type": "object", "description": "input value names to values"}},
     },
+    "Callback": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "outputs": {"type": "object", "description": "the action's outputs (takes next)"},
+            "error": {
+                "type": "string",
+                "minLength": 1,
+                "description": "the action failed with this message (takes fault)",
+            },
+        },
+    },
     "Answer": {
         "type": "object",
         "additionalProperties": False,
@@ -226,6 +238,11 @@ OPENAPI: Final[dict[str, Any]] = {
                 "scheme": "bearer",
                 "description": "Needed only when the agent has an API token "
                 "(always when it listens beyond loopback)",
+            },
+            "callback": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The callback token of one action call of one run",
             },
         },
     },
@@ -413,6 +430,31 @@ OPENAPI: Final[dict[str, Any]] = {
                     **_AUTH_ERRORS,
                     "404": _problem("No such run"),
                     "409": _problem("The run has already completed or failed"),
+                },
+            }
+        },
+        "/api/v1/runs/{run_id}/callback": {
+            "post": {
+                "summary": "A connector service finishes the action a run waits on",
+                "description": "Authenticated by the single-use callback token the agent sent "
+                "with the action call, not by the API token (docs/connectors.md).",
+                "operationId": "runCallback",
+                "parameters": [_RUN_ID],
+                "security": [{"callback": []}],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Callback"}}
+                    },
+                },
+                "responses": {
+                    "200": _json("The run result after the action's answer", _RUN_REF),
+                    **_BODY_ERRORS,
+                    "401": _problem("No callback token, or not one minted for this run"),
+                    "403": _AUTH_ERRORS["403"],
+                    "404": _problem("No such run, or the agent takes no callbacks"),
+                    "409": _problem("The token was used already, or the run no longer waits"),
+                    "422": _problem("The body is not {outputs} or {error}"),
                 },
             }
         },

@@ -149,6 +149,7 @@ async def start_run(request: web.Request) -> web.Response:
             inputs[value.name] = forms.from_form("boolean", text)
         elif text is not None and text.strip():  # left empty: the input's default
             inputs[value.name] = text
+    ctx.check_accepting()
     try:
         result = await ctx.runner.start(flow.id, inputs)
     except InputInvalid as exc:

@@ -11,6 +11,7 @@ from agent.flow import values as V
 from agent.flow.commands import Answer
 from agent.flow.engine import AnswerRefused, EngineMisuse, InputInvalid
 from agent.flow.model import Flow
+from agent.runtime.callbacks import CallbackRefused, complete_callback
 from agent.runtime.runner import RunNotFound
 from agent.store.base import RUN_STATUSES
 
@@ -92,6 +93,7 @@ async def _start(ctx: Context, flow_id: str, inputs: dict[str, Any]) -> dict[str
     engine = ctx.catalog.active(flow_id)
     if engine is None:
         raise Problem(404, "flow_not_found", f"flow '{flow_id}' is not active on this agent")
+    ctx.check_accepting()
     try:
         return await ctx.runner.start(flow_id, inputs, engine=engine)
     except InputInvalid as exc:
@@ -268,6 +270,65 @@ async def webhook(request: web.Request) -> web.Response:
         raise
 
 
+# CallbackRefused.code -> (HTTP status, problem code)
+_CALLBACK_REFUSALS: dict[str, tuple[int, str]] = {
+    "invalid_token": (401, "invalid_callback_token"),
+    "used": (409, "callback_used"),
+    "not_waiting": (409, "not_waiting"),
+    "unknown_run": (404, "run_not_found"),
+    "invalid_outputs": (422, "invalid_body"),
+}
+_CALLBACK_SUFFIX = "/callback"
+
+
+def is_callback(request: web.Request) -> bool:
+    """A connector service's callback (its token is checked by the handler)."""
+    path = request.path
+    return (
+        request.method == "POST"
+        and path.startswith(f"{PREFIX}/runs/")
+        and path.endswith(_CALLBACK_SUFFIX)
+        and path.count("/") == 5
+    )
+
+
+async def run_callback(request: web.Request) -> web.Response:
+    """A connector service finishes the action a run waits on (docs/connectors.md)."""
+    ctx = _context(request)
+    run_id = request.match_info["run_id"]
+    if ctx.callbacks is None:
+        raise Problem(404, "not_found", "this agent takes no connector callbacks")
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise Problem(
+            401,
+            "invalid_callback_token",
+            "a callback needs 'Authorization: Bearer <callback token>' (the token the agent"
+            " sent with the action call)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    body = _object(await read_json(request), {"outputs", "error"}, what="the callback")
+    outputs, error = body.get("outputs"), body.get("error")
+    errors = []
+    if outputs is not None and not isinstance(outputs, dict):
+        errors.append({"member": "outputs", "detail": "an object of output names to values"})
+    if error is not None and (not isinstance(error, str) or not error.strip()):
+        errors.append({"member": "error", "detail": "a message (a non-empty string)"})
+    if outputs is not None and error is not None:
+        errors.append({"member": "error", "detail": "give outputs or error, not both"})
+    if errors:
+        raise Problem(422, "invalid_body", "the callback is not well formed", errors=errors)
+    try:
+        result = await complete_callback(
+            ctx.runner, run_id, token, outputs, issuer=ctx.callbacks, error=error
+        )
+    except CallbackRefused as exc:
+        status, code = _CALLBACK_REFUSALS.get(exc.code, (409, exc.code))
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        raise Problem(status, code, exc.message, headers=headers) from None
+    return web.json_response(result)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/openapi.json", openapi)
     app.router.add_get(f"{PREFIX}/flows", list_flows)
@@ -276,4 +337,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/runs/{{run_id}}", get_run)
     app.router.add_post(f"{PREFIX}/runs/{{run_id}}/resume", resume_run)
     app.router.add_post(f"{PREFIX}/runs/{{run_id}}/cancel", cancel_run)
+    app.router.add_post(f"{PREFIX}/runs/{{run_id}}/callback", run_callback)
     app.router.add_post(f"{PREFIX}/hooks/{{flow_id}}", webhook)

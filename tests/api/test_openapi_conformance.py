@@ -90,4 +90,5 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     schema.validate()
     assert OPENAPI["openapi"] == "3.1.0"
     labels = {result.ok().label for result in schema.get_all_operations()}
-    assert "POST /api/v1/runs/{run_id}/resume" in labels and len(labels) == 11
+    assert "POST /api/v1/runs/{run_id}/resume" in labels and len(labels) == 12
+    assert "POST /api/v1/runs/{run_id}/callback" in labels
