@@ -37,7 +37,9 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.api import create_app
 from agent.api.metrics import Metrics
+from agent.api.serve import URL_META, ApiServer, api_token, listen_address, public_url
 from agent.connectors.registry import ConnectorRegistry, default_registry
 from agent.errors import AgentError, ConfigError, OperationError, StoreError
 from agent.identity import Identity, load_identity, load_private_key
@@ -57,7 +59,9 @@ from agent.link.transport import check_plaintext, link_url, open_link, ssl_conte
 from agent.logs import LogContextObserver, RedactingSecrets, add_secret, configure_logging
 from agent.metrics import AgentMetrics, chain
 from agent.notify import Notifier, watchdog_interval
+from agent.runtime.callbacks import CallbackIssuer
 from agent.runtime.runner import Runner
+from agent.runtime.triggers import Scheduler
 from agent.secrets import SecretStore, SecretsView
 from agent.settings import Settings
 from agent.store.sqlite import SqliteStore
@@ -86,13 +90,19 @@ class Agent:
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         lifecycle: Lifecycle | None = None,
+        serve_api: bool = False,
+        callbacks: CallbackIssuer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.identity = identity
         self.clock = clock
         self.mono = mono
-        self.registry = registry or default_registry()
+        if callbacks is None and serve_api:
+            callbacks = CallbackIssuer.for_state_dir(settings.state_dir, base_url=None)
+        # Connector services call back through the local API (its URL is set once it listens).
+        self.callbacks = callbacks
+        self.registry = registry or default_registry(callbacks=callbacks)
         # One registry for /metrics: the API's collectors and the daemon's.
         self.metrics = Metrics()
         self.ops_metrics = AgentMetrics(registry=self.metrics.registry)
@@ -155,6 +165,58 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
         self._wake_failed: dict[str, float] = {}
+        # Schedule triggers fire from the stored flows: no control plane needed.
+        self.scheduler = Scheduler(
+            store=store,
+            catalog=self.catalog,
+            runner=self.runner,
+            spawn=self.pool.spawn,
+            catch_up=settings.schedule_catch_up,
+            clock=clock,
+            rescan=settings.timer_interval,
+            on_fire=self.ops_metrics.schedule_fired,
+        )
+        # The local API (only when asked: tests and embedders assemble agents
+        # without one).  ``api_started`` is set once it listens, or at the start
+        # of ``serve`` when there is none; the lifecycle's readiness also waits
+        # for it (condition "api"), so READY=1 and /readyz come only after it.
+        self.api_started = asyncio.Event()
+        self.api_url: str | None = None
+        self.api = self._build_api() if serve_api else None
+
+    def _build_api(self) -> ApiServer:
+        settings = self.settings
+        host, port = listen_address(settings)
+        app = create_app(
+            runner=self.runner,
+            token=api_token(settings),  # ConfigError beyond loopback without a token
+            ready=self.lifecycle.readiness.check,
+            metrics=self.metrics,
+            callbacks=self.callbacks,
+            accepting=lambda: not self.stop_requested.is_set(),
+        )
+        self.lifecycle.readiness.require("api", "the local API")
+        return ApiServer(app, host=host, port=port, grace=settings.drain_timeout)
+
+    async def _start_api(self) -> None:
+        """Bind the API before anything else runs: a taken port stops the start."""
+        if self.api is None:
+            self.api_started.set()
+            return
+        url = await self.api.start()
+        self.api_url = url
+        if self.callbacks is not None:
+            self.callbacks.base_url = public_url(self.settings, url)
+        self.store.set_meta(URL_META, url)
+        log.info("local API listening on %s", url)
+        self.lifecycle.readiness.done("api")
+        self.api_started.set()
+
+    async def _stop_api(self) -> None:
+        if self.api is not None and self.api_url is not None:
+            self.api_url = None
+            await self.api.stop(force=self.force)
+            self.store.set_meta(URL_META, "")
 
     async def _open(self, url: str) -> Any:
         try:
@@ -180,28 +242,39 @@ class Agent:
     async def serve(self) -> None:
         """Run until ``request_stop``; every task lives in this one group."""
         link_enabled = self._link_allowed()
-        async with asyncio.TaskGroup() as group:
-            self.pool.bind(group)
-            lifecycle = [
-                group.create_task(work, name=name)
-                for name, work in self.lifecycle.tasks(link_enabled=link_enabled)
-            ]
-            link_task = group.create_task(self._link_main(), name="link") if link_enabled else None
-            timers = group.create_task(self._timers(), name="timers")
-            if not self.stop_requested.is_set():
-                for run_id in interrupted_runs(self.runner):
-                    log.info("run %s was interrupted; resuming it", run_id)
-                    self.pool.spawn(run_id, self._wake(run_id))
-            self.ready.set()
-            await self.stop_requested.wait()
-            self.lifecycle.stopping(runs=len(self.pool))
-            timers.cancel()
-            await self.pool.drain(self.settings.drain_timeout, force=self.force)
-            if link_task is not None and not self.force.is_set():
-                await self._flush()
-            self.link.stop()
-            for task in lifecycle:
-                task.cancel()
+        await self._start_api()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.pool.bind(group)
+                lifecycle = [
+                    group.create_task(work, name=name)
+                    for name, work in self.lifecycle.tasks(link_enabled=link_enabled)
+                ]
+                link_task = (
+                    group.create_task(self._link_main(), name="link") if link_enabled else None
+                )
+                timers = group.create_task(self._timers(), name="timers")
+                schedules = group.create_task(self.scheduler.run(), name="schedules")
+                if not self.stop_requested.is_set():
+                    for run_id in interrupted_runs(self.runner):
+                        log.info("run %s was interrupted; resuming it", run_id)
+                        self.pool.spawn(run_id, self._wake(run_id))
+                self.ready.set()
+                await self.stop_requested.wait()
+                self.lifecycle.stopping(runs=len(self.pool))
+                timers.cancel()
+                schedules.cancel()
+                # Runs driven by API requests drain alongside the pool's.
+                api_stop = group.create_task(self._stop_api(), name="api stop")
+                await self.pool.drain(self.settings.drain_timeout, force=self.force)
+                await api_stop
+                if link_task is not None and not self.force.is_set():
+                    await self._flush()
+                self.link.stop()
+                for task in lifecycle:
+                    task.cancel()
+        finally:
+            await self._stop_api()
         await self.registry.close_all()
         self.lifecycle.stopped(leftover=interrupted_runs(self.runner))
 
@@ -381,7 +454,11 @@ async def _run(
             secrets = RedactingSecrets(SecretsView(vault))
             secrets.refresh()
             lifecycle.reload_hooks.append(secrets.refresh)
-            registry = default_registry(secrets=secrets, state_dir=settings.state_dir)
+            # The callback URL is known once the API listens (Agent._start_api).
+            callbacks = CallbackIssuer.for_state_dir(settings.state_dir, base_url=None)
+            registry = default_registry(
+                secrets=secrets, state_dir=settings.state_dir, callbacks=callbacks
+            )
             agent = Agent(
                 settings,
                 store=store,
@@ -390,6 +467,8 @@ async def _run(
                 registry=registry,
                 secrets=secrets,
                 lifecycle=lifecycle,
+                serve_api=True,
+                callbacks=callbacks,
             )
         except (PairingFailed, StoreError):
             raise  # the network or the disk: a restart may well help
