@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import cli_ops
 
     cli_ops.add_parsers(sub)
+
+    from agent.api import cli as cli_api
+
+    cli_api.add_parser(sub)
     return parser
 
 
