@@ -212,7 +212,8 @@ def check_proxy(target: Target) -> Check:
     except Exception as exc:
         return _fail(
             name,
-            f"{masked_url(target.proxy)} does not parse: {exc}",
+            f"{masked_url(target.proxy)} does not parse: "
+            + str(exc).replace(target.proxy, masked_url(target.proxy)),
             "fix HTTPS_PROXY (http://HOST:PORT), or add the control plane to NO_PROXY",
         )
     return _pass(name, f"the link goes through {masked_url(target.proxy)}")

@@ -134,7 +134,7 @@ class RedactingSecrets(Mapping[str, str]):
         return len(self._inner)
 
     def __repr__(self) -> str:
-        return f"RedactingSecrets({self._inner!r})"
+        return f"RedactingSecrets({len(self._inner)} names)"  # never a value
 
     def refresh(self) -> int:
         """Learn every value now (at start and on reload); returns how many were read."""
