@@ -83,7 +83,8 @@ async def quickstart(*, once: bool, say: Say = print, workdir: Path | None = Non
         say(f"control plane   {server.url} (region local), data in {root / 'controlplane'}")
         await cp.create_tenant(TENANT)
         token = (await cp.create_token(TENANT, ttl=600))["token"]
-        settings = Settings(state_dir=root / "agent", status_interval=5.0)
+        # A free port: the demo must not fail because 8355 is taken; the URL is printed.
+        settings = Settings(state_dir=root / "agent", status_interval=5.0, api_listen="127.0.0.1:0")
         store = SqliteStore.open(settings.state_dir, synchronous="normal")
         try:
             paired = await pair(token, state_dir=settings.state_dir, store=store)
@@ -94,12 +95,16 @@ async def quickstart(*, once: bool, say: Say = print, workdir: Path | None = Non
                 store=store,
                 identity=identity,
                 key=load_private_key(settings.state_dir),
+                serve_api=True,
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(agent.serve(), name="agent")
                 try:
+                    await _within("the local API to listen", agent.api_started.wait())
+                    say(f"local API       {agent.api_url}/api/v1 (no token: loopback only)")
                     ok = await _demo(cp, agent, say)
                     _urls(server.url, cp.admin_key, settings.state_dir, say, once=once)
+                    say(f"player          {agent.api_url}/ui/  (start flows, answer pages)")
                     if not once:
                         await _until_interrupted()
                 finally:
