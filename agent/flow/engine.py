@@ -9,10 +9,9 @@ executes any command, so a killed process resumes exactly where it was.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal, DecimalException
+from datetime import datetime
 from typing import Any
 
 from . import values as V
@@ -24,24 +23,30 @@ from .commands import (
     Command,
     ConnectorDone,
     ConnectorRequest,
-    ConnectorResult,
     Event,
     RetryPolicy,
     StartChild,
     TimerFired,
     WaitUntil,
 )
-from .expressions import ExpressionError
-from .model import Element, Flow, Operand, Operation, Rule
-from .rules import RuleError, compare
+from .evaluate import (
+    RunFault,
+    call,
+    header_text,
+    operate,
+    redacted,
+    render,
+    response_part,
+    rule,
+    text,
+    tree_names,
+    until,
+)
+from .model import Element, Flow
 from .state import RunState
 
 DEFAULT_MAX_STEPS = 10_000
 DEFAULT_TIMEOUT = 30.0
-
-
-class RunFault(Exception):
-    """An element cannot go on; the run takes its fault path or fails."""
 
 
 class InputInvalid(Exception):
@@ -178,9 +183,9 @@ class Engine:
         elif isinstance(event, TimerFired):
             if not state.waiting or state.waiting.get("kind") != "timer":
                 raise EngineMisuse(f"run {state.run_id} is not waiting on a timer")
-            until = V.parse_datetime(state.waiting["until"])
-            if now < until:
-                return Step(state, (WaitUntil(until=until),), ())
+            due = V.parse_datetime(state.waiting["until"])
+            if now < due:
+                return Step(state, (WaitUntil(until=due),), ())
             new = state.copy()
             new.status, new.waiting = "running", None
             new.current = self.flow.elements[state.current or ""].next
@@ -269,17 +274,17 @@ class Engine:
         kind = element.type
         if kind == "decision":
             for outcome in element.outcomes:
-                if outcome.when is None or self._rule(outcome.when, state.values):
+                if outcome.when is None or rule(outcome.when, state.values):
                     return outcome.next
             raise RunFault(f"no outcome of decision '{element.id}' applies")
         if kind == "operator":
             for op in element.operations:
-                self._operate(op, state)
+                operate(self.flow, op, state.values)
             return element.next
         if kind == "end":
             if element.status == "failed":
                 message = (
-                    self._text(element.message, state.values)
+                    text(element.message, state.values)
                     if element.message
                     else "the flow ended as failed"
                 )
@@ -301,12 +306,12 @@ class Engine:
             self._wait_for_person(element, state, visit)
             return element.id
         if kind == "wait":
-            until = self._until(element, state.values, now)
-            if until <= now:
+            due = until(element, state.values, now)
+            if due <= now:
                 return element.next
             state.status = "waiting"
-            state.waiting = self._waiting(element, state, visit, "timer", until=until.isoformat())
-            commands.append(WaitUntil(until=until))
+            state.waiting = self._waiting(element, state, visit, "timer", until=due.isoformat())
+            commands.append(WaitUntil(until=due))
             return element.id
         if kind == "subflow":
             state.pending = {
@@ -360,9 +365,9 @@ class Engine:
             outcomes=[{"id": o.id, "label": o.label or o.id} for o in element.outcomes],
         )
         if element.title is not None:
-            waiting["title"] = self._text(element.title, state.values)
+            waiting["title"] = text(element.title, state.values)
         if element.content is not None:
-            waiting["content"] = self._text(element.content, state.values)
+            waiting["content"] = text(element.content, state.values)
         state.status = "waiting"
         state.waiting = waiting
 
@@ -420,17 +425,17 @@ class Engine:
         scope = state.values
         secret_scope, redact = self._secret_scope(connector.headers, secrets)
         try:
-            rendered = self._render(connector.headers, {**scope, **secret_scope})
+            rendered = render(connector.headers, {**scope, **secret_scope})
         except RunFault as fault:
             # Jinja's messages can quote an operand ("'<token>' is not in list").
-            raise RunFault(_redacted(str(fault), redact)) from None
-        headers = {k: _header(v) for k, v in rendered.items()}
+            raise RunFault(redacted(str(fault), redact)) from None
+        headers = {k: header_text(v) for k, v in rendered.items()}
         if element.headers:
-            headers.update({k: _header(v) for k, v in self._render(element.headers, scope).items()})
+            headers.update({k: header_text(v) for k, v in render(element.headers, scope).items()})
         action = element.action or ""
         if element.action_path is not None:
             method = action.split(" ", 1)[0]
-            path = str(self._call(element.action_path, scope))
+            path = str(call(element.action_path, scope))
             segments = path.split("?", 1)[0].split("/")
             if any(seg in ("..", ".") or "\\" in seg for seg in segments):
                 raise RunFault(
@@ -440,7 +445,7 @@ class Engine:
             action = f"{method} {path}"
         query = None
         if element.query is not None:
-            query = {k: _header(v) for k, v in self._render(element.query, scope).items()}
+            query = {k: header_text(v) for k, v in render(element.query, scope).items()}
         return CallConnector(
             request=ConnectorRequest(
                 run_id=state.run_id,
@@ -449,12 +454,10 @@ class Engine:
                 connector_type=connector.type,
                 config=connector.config,
                 action=action,
-                body=V.to_plain(self._render(element.body, scope))
-                if element.body is not None
-                else None,
+                body=V.to_plain(render(element.body, scope)) if element.body is not None else None,
                 query=query,
                 headers=headers,
-                inputs=V.to_plain(self._render(element.inputs, scope))
+                inputs=V.to_plain(render(element.inputs, scope))
                 if element.inputs is not None
                 else None,
                 timeout=float(element.timeout or connector.timeout or DEFAULT_TIMEOUT),
@@ -468,7 +471,7 @@ class Engine:
     def _secret_scope(
         self, tree: Any, secrets: Mapping[str, str]
     ) -> tuple[dict[str, str], tuple[str, ...]]:
-        names = _tree_names(tree)
+        names = tree_names(tree)
         scope: dict[str, str] = {}
         for name in names:
             spec = self.flow.values.get(name)
@@ -506,7 +509,7 @@ class Engine:
         try:
             for name, source in element.outputs.items():
                 raw = (
-                    _response_part(result, source)
+                    response_part(result, source)
                     if connector.type == "http"
                     else ((result.outputs or {}).get(source))
                 )
@@ -518,7 +521,7 @@ class Engine:
         return new
 
     def _child_command(self, element: Element, state: RunState, visit: int) -> StartChild:
-        inputs = self._render(element.inputs, state.values) if element.inputs is not None else {}
+        inputs = render(element.inputs, state.values) if element.inputs is not None else {}
         return StartChild(
             element=element.id,
             visit=visit,
@@ -589,210 +592,3 @@ class Engine:
             return V.convert(self.flow.values[name].type, raw)
         except V.ConversionError as exc:
             raise RunFault(f"'{element.id}' cannot set value '{name}': {exc}") from None
-
-    def _operate(self, op: Operation, state: RunState) -> None:
-        values = state.values
-        root = str(op.path[0])
-        spec = self.flow.values[root]
-        nested = len(op.path) > 1
-        if op.op == "clear":
-            new = None if nested else V.empty(spec.type)
-        else:
-            argument = self._operand(op.operand, values) if op.operand else None
-            if op.op == "set":
-                new = argument
-            elif op.op == "append":
-                current = _get(values, op.path)
-                if current is not None and not isinstance(current, list):
-                    raise RunFault(f"cannot append to '{op.target}': it is {V.describe(current)}")
-                new = [*(current or []), V.normalize(argument)]
-            else:
-                new = self._arithmetic(op, _get(values, op.path), argument)
-        if nested:
-            _set_nested(values, op.path, V.normalize(new), op.target)
-            return
-        try:
-            values[root] = V.check_assignable(spec.type, new)
-        except V.ConversionError as exc:
-            raise RunFault(f"cannot set '{root}' ({spec.type}): {exc}") from None
-
-    def _arithmetic(self, op: Operation, current: Any, by: Any) -> Decimal:
-        if current is None:
-            current = Decimal(0)
-        if not V.is_number(current):
-            raise RunFault(f"cannot {op.op} on '{op.target}': it is {V.describe(current)}")
-        if not V.is_number(by):
-            raise RunFault(f"cannot {op.op} '{op.target}' by {V.describe(by)}")
-        a, b = V.to_decimal(current), V.to_decimal(by)
-        try:
-            if op.op == "add":
-                return a + b
-            if op.op == "subtract":
-                return a - b
-            if op.op == "multiply":
-                return a * b
-            if b == 0:
-                raise RunFault(f"division by zero in '{op.target}'")
-            return a / b
-        except DecimalException as exc:
-            raise RunFault(f"arithmetic error on '{op.target}': {type(exc).__name__}") from None
-
-    def _until(self, element: Element, scope: Mapping[str, Any], now: datetime) -> datetime:
-        if element.seconds is not None:
-            seconds = self._operand(element.seconds, scope)
-            if not V.is_number(seconds) or seconds < 0:
-                raise RunFault(
-                    f"wait seconds must be a number of at least 0, got {V.describe(seconds)}"
-                )
-            try:
-                return now + timedelta(seconds=float(seconds))
-            except OverflowError:
-                raise RunFault(
-                    f"wait seconds {V.format_number(V.to_decimal(seconds))} is too far away"
-                ) from None
-        until = self._operand(element.until, scope) if element.until else None
-        if isinstance(until, str):
-            try:
-                until = V.parse_datetime(until)
-            except V.ConversionError as exc:
-                raise RunFault(f"wait until: {exc}") from None
-        if not isinstance(until, datetime):
-            raise RunFault(f"wait until must give a datetime, got {V.describe(until)}")
-        return until
-
-    def _rule(self, rule: Rule, scope: Mapping[str, Any]) -> bool:
-        if rule.op == "all":
-            return all(self._rule(r, scope) for r in rule.rules)
-        if rule.op == "any":
-            return any(self._rule(r, scope) for r in rule.rules)
-        if rule.op == "not":
-            return not self._rule(rule.rules[0], scope)
-        assert rule.left is not None and rule.right is not None
-        left = self._operand(rule.left, scope)
-        right = self._operand(rule.right, scope)
-        try:
-            return compare(rule.op, left, right)
-        except RuleError as exc:
-            raise RunFault(str(exc)) from None
-
-    def _operand(self, operand: Operand | None, scope: Mapping[str, Any]) -> Any:
-        if operand is None:
-            return None
-        kind = operand.kind
-        if kind == "literal":
-            return operand.value
-        if kind == "ref":
-            return _get(scope, operand.value)
-        assert operand.compiled is not None
-        result = self._call(operand.compiled, scope)
-        return result if kind == "template" else V.normalize(result)
-
-    def _text(self, operand: Operand, scope: Mapping[str, Any]) -> str:
-        value = self._operand(operand, scope)
-        return value if isinstance(value, str) else str(V.to_plain(value))
-
-    @staticmethod
-    def _call(compiled: Any, scope: Mapping[str, Any]) -> Any:
-        try:
-            return compiled(scope)
-        except ExpressionError as exc:
-            raise RunFault(f"{compiled.source!r}: {exc}") from None
-
-    def _render(self, tree: Any, scope: Mapping[str, Any]) -> Any:
-        if isinstance(tree, Operand):
-            return self._operand(tree, scope)
-        if isinstance(tree, dict):
-            return {k: self._render(v, scope) for k, v in tree.items()}
-        if isinstance(tree, list):
-            return [self._render(v, scope) for v in tree]
-        return tree
-
-
-def _get(scope: Mapping[str, Any], path: Iterable[str | int]) -> Any:
-    current: Any = scope
-    for part in path:
-        if isinstance(part, int) and isinstance(current, list):
-            current = current[part] if 0 <= part < len(current) else None
-        elif isinstance(current, Mapping):
-            current = current.get(str(part))
-        else:
-            return None
-    return current
-
-
-def _set_nested(values: dict[str, Any], path: tuple[str | int, ...], new: Any, target: str) -> None:
-    root = str(path[0])
-    container = values.get(root)
-    if container is None:
-        container = [] if isinstance(path[1], int) else {}
-    else:
-        container = V.normalize(container)  # copy: never write through a shared object
-    values[root] = container
-    for i, part in enumerate(path[1:], start=1):
-        last = i == len(path) - 1
-        if isinstance(part, int):
-            if not isinstance(container, list) or not 0 <= part < len(container):
-                raise RunFault(f"cannot set '{target}': index {part} is out of range")
-            if last:
-                container[part] = new
-            else:
-                container = container[part]
-        else:
-            if not isinstance(container, dict):
-                raise RunFault(f"cannot set '{target}': {V.describe(container)} has no keys")
-            if last:
-                container[part] = new
-            else:
-                child = container.get(part)
-                if child is None:
-                    child = [] if isinstance(path[i + 1], int) else {}
-                    container[part] = child
-                container = child
-
-
-def _response_part(result: ConnectorResult, source: str) -> Any:
-    if source == "status":
-        return result.status
-    if source.startswith("headers."):
-        return result.headers.get(source[len("headers.") :].lower())
-    rest = source[len("body") :]
-    parts: list[str | int] = []
-    for chunk in rest.replace("[", ".[").split("."):
-        if not chunk:
-            continue
-        parts.append(int(chunk[1:-1]) if chunk.startswith("[") else chunk)
-    return _get({"b": result.body}, ["b", *parts])
-
-
-def _redacted(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
-    return text
-
-
-def _header(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return V.format_number(value)
-    if value is None:
-        return ""
-    return str(V.to_plain(value))
-
-
-def _tree_names(tree: Any) -> set[str]:
-    names: set[str] = set()
-    if isinstance(tree, Operand):
-        if tree.kind == "ref":
-            names.add(str(tree.value[0]))
-        elif tree.compiled is not None:
-            names |= tree.compiled.names
-    elif isinstance(tree, dict):
-        for v in tree.values():
-            names |= _tree_names(v)
-    elif isinstance(tree, list):
-        for v in tree:
-            names |= _tree_names(v)
-    return names
