@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,13 @@ def pair_cmd(args: argparse.Namespace) -> int:
 
 def run_cmd(args: argparse.Namespace) -> int:
     """Exit 0 after a requested stop, 78 for configuration or identity errors, 70 for a crash."""
+
+    def stop_early(signum: int, frame: object) -> None:
+        # Nothing runs yet, so nothing to drain; the daemon's own handlers replace this.
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_early)
     from agent.daemon import EXIT_CRASH, run_daemon
     from agent.errors import AgentError, ConfigError
 

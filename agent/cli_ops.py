@@ -216,16 +216,25 @@ def doctor_cmd(args: argparse.Namespace) -> int:
 # -- health ----------------------------------------------------------------------------------
 
 
-def probe_address(listen: str) -> tuple[str, int]:
-    """Where to reach an API that listens on ``listen`` from this host."""
+def probe_address(listen: str, *, bound: str | None = None) -> tuple[str, int]:
+    """Where to reach an API that listens on ``listen`` from this host.
+
+    ``bound`` is the URL the running daemon recorded (``api.url``): the only
+    way to know the port when ``listen`` asks for any free one (port 0).
+    """
+    from urllib.parse import urlsplit
+
     from agent.settings import parse_listen
 
     host, port = parse_listen(listen)
     if port == 0:
-        raise OperationError(
-            f"api_listen is {listen}: port 0 picks a free port that no probe can know",
-            hint="give api_listen a fixed port (the default is 127.0.0.1:8355)",
-        )
+        parts = urlsplit(bound or "")
+        if not parts.port:
+            raise OperationError(
+                f"api_listen is {listen} (any free port) and no running agent recorded its port",
+                hint="start the agent, or give api_listen a fixed port (default 127.0.0.1:8355)",
+            )
+        port = parts.port
     # A wildcard listener answers on loopback too.
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port
 
@@ -233,7 +242,12 @@ def probe_address(listen: str) -> tuple[str, int]:
 def health_cmd(args: argparse.Namespace) -> int:
     try:
         settings = _resolve(args).settings
-        host, port = probe_address(str(settings.api_listen))
+        bound = None
+        if settings.api_listen.endswith(":0"):
+            from agent.supervisor import read_meta  # only then: health must stay light
+
+            bound = read_meta(settings.state_dir, "api.url")
+        host, port = probe_address(settings.api_listen, bound=bound)
     except AgentError as exc:
         print(f"unhealthy: {exc.message}")
         return EXIT_FAILED

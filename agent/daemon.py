@@ -187,9 +187,12 @@ class Agent:
     def _build_api(self) -> ApiServer:
         settings = self.settings
         host, port = listen_address(settings)
+        token = api_token(settings)  # ConfigError beyond loopback without a token
+        if token is not None:
+            add_secret(token())  # a bearer token must never reach a log line
         app = create_app(
             runner=self.runner,
-            token=api_token(settings),  # ConfigError beyond loopback without a token
+            token=token,
             ready=self.lifecycle.readiness.check,
             metrics=self.metrics,
             callbacks=self.callbacks,

@@ -384,6 +384,10 @@ class Lifecycle:
             log.info("configuration reloaded; nothing changed that applies live")
         if later:
             log.warning("changed, but applied only on restart: %s", ", ".join(later))
+        log.debug(
+            "settings now in effect: %s",
+            ", ".join(f"{f.name}={getattr(self.agent.settings, f.name)}" for f in fields(Settings)),
+        )
         return True
 
     def apply(self, new: Settings) -> tuple[list[str], list[str]]:
@@ -462,8 +466,8 @@ class Signals:
         self._agent.lifecycle.reload()
 
 
-def read_lifecycle(state_dir: Path) -> dict[str, Any] | None:
-    """The lifecycle record a daemon keeps in its store, read without the lock."""
+def read_meta(state_dir: Path, key: str) -> str | None:
+    """One ``meta`` value of a state directory, read without its lock (as ``status`` does)."""
     path = state_dir / DB_NAME
     if not path.exists():
         return None
@@ -472,12 +476,21 @@ def read_lifecycle(state_dir: Path) -> dict[str, Any] | None:
     except sqlite3.Error:
         return None
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (LIFECYCLE_KEY,)).fetchone()
-        doc = json.loads(row[0]) if row else None
-    except (sqlite3.Error, ValueError):
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    except sqlite3.Error:
         return None
     finally:
         conn.close()
+    return None if row is None else str(row[0])
+
+
+def read_lifecycle(state_dir: Path) -> dict[str, Any] | None:
+    """The lifecycle record a daemon keeps in its store."""
+    text = read_meta(state_dir, LIFECYCLE_KEY)
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        return None
     return doc if isinstance(doc, dict) else None
 
 

@@ -24,8 +24,9 @@ async def agent(tmp_path: Path, cp: Cp) -> AsyncIterator[AgentUnderTest]:
     """An agent paired with tenant ``acme``, not started."""
     under_test = AgentUnderTest(tmp_path / "agent")
     await under_test.pair(await cp.token())
-    under_test.store.close() if under_test.store is not None else None
-    under_test.store = None
+    if under_test.store is not None:  # pairing opened it; start() and doctor open their own
+        under_test.store.close()
+        under_test.store = None
     try:
         yield under_test
     finally:

@@ -15,8 +15,7 @@ from agent.settings import SYSTEM_CONFIG_FILE, default_config_file, resolve_sett
 def test_each_value_says_where_it_came_from(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text('drain_timeout = 5.0\nlog_level = "warning"\nsync = "full"\n')
-    env = {"FLOW_AGENT_LOG_LEVEL": "debug", "FLOW_AGENT_CONFIG": str(config),
-           "HOME": str(tmp_path)}  # fmt: skip
+    env = {"FLOW_AGENT_LOG_LEVEL": "debug", "FLOW_AGENT_CONFIG": str(config), "HOME": str(tmp_path)}
     resolved = resolve_settings({"sync": "extra", "state_dir": None}, env=env)
     assert resolved.config_file == config
     assert resolved.settings.sync == "extra" and resolved.sources["sync"] == "command line"
@@ -76,8 +75,9 @@ def test_config_show_prints_toml_with_sources_and_masks_secrets(
     back = resolve_settings(config=again, env={"HOME": str(tmp_path)}).settings
     assert back.report_outputs is True and back.outbox_limit == 500 and back.drain_timeout == 7
 
-    assert main(["config", "show", "--json", "--config", str(config),
-                 "--state-dir", str(state)]) == 0  # fmt: skip
+    assert (
+        main(["config", "show", "--json", "--config", str(config), "--state-dir", str(state)]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["settings"]["outbox_limit"] == {"value": 500, "source": f"file {config}"}
     assert doc["environment"]["FLOW_AGENT_PAIRING_TOKEN"] == "[redacted]"

@@ -76,9 +76,19 @@ def test_clock_disk_and_masking_rules(tmp_path: Path) -> None:
 async def test_a_healthy_agent_passes_every_check(cp: Cp, agent: AgentUnderTest) -> None:
     checks = await run_checks(agent.settings)
     assert _results(checks) == dict.fromkeys(
-        ["state directory", "identity", "proxy", "dns", "tcp", "tls", "websocket auth",
-         "clock", "free disk"], PASS,
-    )  # fmt: skip
+        [
+            "state directory",
+            "identity",
+            "proxy",
+            "dns",
+            "tcp",
+            "tls",
+            "websocket auth",
+            "clock",
+            "free disk",
+        ],
+        PASS,
+    )
     lines = format_checks(checks)
     assert lines[-1] == "every check passed"
     assert any("authenticated as ag_" in line for line in lines)

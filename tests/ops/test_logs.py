@@ -87,10 +87,16 @@ def test_run_fields_come_from_extra_or_from_the_context(capture: Capture) -> Non
 def test_the_observer_binds_the_run_it_is_told_about(capture: Capture) -> None:
     def in_a_task_of_its_own() -> None:
         LogContextObserver().committed(
-            result={"run_id": "r_9", "flow": "approve", "path": ["start", "ask"],
-                    "waiting": {"element": "ask", "kind": "page"}},
-            previous=None, visits=(), parent_id=None,
-        )  # fmt: skip
+            result={
+                "run_id": "r_9",
+                "flow": "approve",
+                "path": ["start", "ask"],
+                "waiting": {"element": "ask", "kind": "page"},
+            },
+            previous=None,
+            visits=(),
+            parent_id=None,
+        )
         capture.logger.info("after a commit")
 
     import contextvars

@@ -85,9 +85,17 @@ async def test_runs_elements_and_connector_calls_are_counted(tmp_path: Path, ser
     try:
         doc = _flow(server)
         parsed = parse_flow(doc)
-        store.put_flow(FlowRecord(flow_id="charge", version=parsed.version,
-                                  definition=canonical_json(doc), sha256=parsed.sha256,
-                                  active=True, signature=None, received_at=0.0))  # fmt: skip
+        store.put_flow(
+            FlowRecord(
+                flow_id="charge",
+                version=parsed.version,
+                definition=canonical_json(doc),
+                sha256=parsed.sha256,
+                active=True,
+                signature=None,
+                received_at=0.0,
+            )
+        )
         api = Metrics()
         ops = AgentMetrics(registry=api.registry)
         runner = Runner(
@@ -122,10 +130,14 @@ def test_state_gauges_show_one_state_at_a_time() -> None:
     ops.set_lifecycle("draining")
     got = scrape(api)
     link = {dict(k[1])["state"]: v for k, v in got.items() if k[0] == "flow_agent_link_state"}
-    assert link == {"never_connected": 0, "connected": 1, "disconnected": 0, "revoked": 0,
-                    "auth_refused": 0}  # fmt: skip
-    life = {dict(k[1])["state"]: v for k, v in got.items()
-            if k[0] == "flow_agent_lifecycle_state"}  # fmt: skip
+    assert link == {
+        "never_connected": 0,
+        "connected": 1,
+        "disconnected": 0,
+        "revoked": 0,
+        "auth_refused": 0,
+    }
+    life = {dict(k[1])["state"]: v for k, v in got.items() if k[0] == "flow_agent_lifecycle_state"}
     assert life == {"starting": 0, "ready": 0, "draining": 1}
     assert any(k[0] == "flow_agent_build_info" for k in got)
 
