@@ -114,9 +114,7 @@ def test_signals_healthcheck_and_entrypoint(runtime: list[Instruction]) -> None:
 
 
 def test_the_healthcheck_command_exists() -> None:
-    if "health" not in agent_commands():
-        pytest.skip("`flow-agent health` is not in the CLI yet (issue 5: the daemon's commands)")
-    assert "run" in agent_commands()
+    assert {"run", "health"} <= agent_commands()
 
 
 def test_dockerignore_lets_in_what_the_dockerfile_copies(runtime: list[Instruction]) -> None:
@@ -150,10 +148,19 @@ class Image:
             timeout=timeout,
         )  # fmt: skip
 
-    def spawn(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.argv, env=self.env, cwd=self.state.parent, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+    def spawn(self, log: Path) -> subprocess.Popen[str]:
+        # Logs go to a file: a pipe nobody reads would stall a chatty daemon.
+        with log.open("a") as sink:
+            return subprocess.Popen(
+                self.argv, env=self.env, cwd=self.state.parent, stdout=sink,
+                stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    def command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Another command in the same container (docker exec, HEALTHCHECK)."""
+        return subprocess.run(
+            [*self.argv[:-1], *args], env=self.env, cwd=self.state.parent,
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
 
@@ -168,6 +175,8 @@ def image(base: Path, runtime: list[Instruction], **extra: str) -> Image:
     env["PATH"] = env["PATH"].replace("/opt/flow-agent/bin", str(Path(sys.executable).parent))
     env["HOME"] = str(base)
     env["PYTHONPATH"] = str(ROOT)
+    # A free port rather than the image's 8355, which other tests may hold.
+    env["FLOW_AGENT_API_LISTEN"] = f"127.0.0.1:{free_port()}"
     env.update(extra)
     entry = exec_form(runtime, "ENTRYPOINT")
     assert entry == ["flow-agent"]
@@ -175,23 +184,14 @@ def image(base: Path, runtime: list[Instruction], **extra: str) -> Image:
     return Image(argv=argv, env=env, state=state)
 
 
-def test_first_start_without_a_token_is_refused_cleanly(
-    tmp_path: Path, runtime: list[Instruction]
-) -> None:
+def test_first_start_without_a_token_exits_78(tmp_path: Path, runtime: list[Instruction]) -> None:
     answer = image(tmp_path, runtime).run()
-    assert answer.returncode != 0
+    # 78: an identity error, which the unit's RestartPreventExitStatus= and an
+    # admin reading `docker ps` both take as "fix the setup, do not restart".
+    assert answer.returncode == 78, answer.stdout + answer.stderr
     assert "not paired" in answer.stderr
     assert "FLOW_AGENT_PAIRING_TOKEN" in answer.stderr
-    assert "Traceback" not in answer.stderr
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/daemon.py exits 1 (OperationError) when not paired; issue 5 and the unit's"
-    " RestartPreventExitStatus=78 want 78 for identity errors of `run`",
-)
-def test_first_start_without_a_token_exits_78(tmp_path: Path, runtime: list[Instruction]) -> None:
-    assert image(tmp_path, runtime).run().returncode == 78
+    assert "Traceback" not in answer.stdout + answer.stderr
 
 
 def test_a_malformed_token_is_refused_cleanly(tmp_path: Path, runtime: list[Instruction]) -> None:
@@ -262,14 +262,13 @@ def cp(tmp_path: Path) -> Iterator[ControlPlane]:
         plane.stop()
 
 
-def _wait(predicate: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
+def _wait(predicate: Callable[[], bool], proc: subprocess.Popen[str], log: Path, what: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if predicate():
             return
         if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"the agent exited {proc.returncode} before {what}:\n{err}")
+            pytest.fail(f"the agent exited {proc.returncode} before {what}:\n{log.read_text()}")
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
 
@@ -290,19 +289,44 @@ def _agent_id(state: Path) -> str:
     return identity.agent_id
 
 
-def _start_and_stop(img: Image) -> str:
-    """Start the image's command, wait until it is connected, SIGTERM it."""
-    proc = img.spawn()
+def _start_and_stop(img: Image, *, healthcheck: list[str] | None = None) -> str:
+    """Start the image's command, wait until it is connected, SIGTERM it.
+
+    With ``healthcheck``, run it (as Docker would) while the agent runs and
+    after it stopped. Returns what the agent logged.
+    """
+    log = img.state.parent / "agent.log"
+    log.unlink(missing_ok=True)
+    proc = img.spawn(log)
     try:
-        _wait(lambda: _connected(img.state), proc, "the link connected")
+        _wait(lambda: _connected(img.state), proc, log, "the link connected")
+        if healthcheck:
+            answer = img.command(*healthcheck)
+            assert answer.returncode == 0, answer.stdout + answer.stderr
+            assert answer.stdout.startswith("healthy")
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    return err
+            proc.wait(timeout=10)
+    output = log.read_text()
+    assert proc.returncode == 0, output
+    if healthcheck:
+        answer = img.command(*healthcheck)
+        assert answer.returncode == 1, answer.stdout
+        assert answer.stdout.startswith("unhealthy")
+    return output
+
+
+def _healthcheck(runtime: list[Instruction]) -> list[str]:
+    """The HEALTHCHECK's command, less the entrypoint word `flow-agent`."""
+    import json
+
+    (health,) = _args(runtime, "HEALTHCHECK")
+    argv = json.loads(health.split(" CMD ", 1)[1])
+    assert argv[0] == "flow-agent"
+    return list(argv[1:])
 
 
 def test_pairs_on_first_start_from_the_token_variable_and_restarts_idempotently(
@@ -310,19 +334,19 @@ def test_pairs_on_first_start_from_the_token_variable_and_restarts_idempotently(
 ) -> None:
     token = cp.cli("token", "create", "--tenant", "acme")
     img = image(tmp_path, runtime, FLOW_AGENT_PAIRING_TOKEN=token)
-    _start_and_stop(img)
+    _start_and_stop(img, healthcheck=_healthcheck(runtime))
     first = _agent_id(img.state)
     # The container restarts with the same (now spent) token in its env.
-    err = _start_and_stop(img)
+    output = _start_and_stop(img)
     assert _agent_id(img.state) == first
-    assert "already paired" in err
-    assert token not in err
+    assert "already paired" in output
+    assert token not in output
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="agent/daemon.py ensure_identity reads FLOW_AGENT_PAIRING_TOKEN_FILE even when"
-    " already paired: once pairing wiped the file, every restart exits 2",
+    " already paired: once pairing wiped the file, every restart exits 78 (cannot read it)",
 )
 def test_pairs_on_first_start_from_a_mounted_token_file(
     tmp_path: Path, runtime: list[Instruction], cp: ControlPlane

@@ -17,6 +17,8 @@ import pwd
 import shutil
 import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,11 +52,20 @@ def test_conffiles_are_shipped() -> None:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scratch() -> Iterator[Path]:
+    # Not tmp_path_factory: pytest prunes old basetemp directories when
+    # another pytest run starts, which could pull these from under a test.
+    with tempfile.TemporaryDirectory(prefix="flow-agent-deb-") as name:
+        yield Path(name)
+
+
+@pytest.fixture(scope="module")
+def deb(scratch: Path) -> Path:
     _need("dpkg-deb", "dpkg", "strip")
     if not Path("/usr/bin/python3").exists():
         pytest.skip("the package is built with the system's /usr/bin/python3, absent here")
-    out = tmp_path_factory.mktemp("deb")
+    out = scratch / "deb"
+    out.mkdir()
     answer = subprocess.run(
         ["bash", str(DEB_DIR / "build.sh"), "--out", str(out), "--compression", "gzip"],
         capture_output=True, text=True, timeout=900,
@@ -143,8 +154,9 @@ def _install(deb: Path, base: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _install(deb, tmp_path_factory.mktemp("install"))
+def installed(deb: Path, scratch: Path) -> Path:
+    (scratch / "install").mkdir()
+    return _install(deb, scratch / "install")
 
 
 def _passwd(root: Path, name: str) -> list[str]:

@@ -57,7 +57,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[Doc] | None:
         return None
     base = tmp_path_factory.mktemp("kustomize") / "base"
     shutil.copytree(KUSTOMIZE_DIR, base)
-    (base / "pairing-token").write_text("fp1.placeholder-for-the-test\n")
+    for generator in kustomization()["secretGenerator"]:
+        for name in generator["files"]:
+            (base / name).write_text(f"placeholder-{name}-for-the-test\n")
     answer = subprocess.run(
         [kubectl, "kustomize", str(base)], capture_output=True, text=True, timeout=120
     )
@@ -292,23 +294,57 @@ def test_state_lives_on_a_read_write_once_claim(statefulset: Doc) -> None:
     assert mounts["tmp"]["mountPath"] == "/tmp"
 
 
-def test_pairing_token_is_a_mounted_secret_file(statefulset: Doc) -> None:
-    path = Path(env(statefulset)["FLOW_AGENT_PAIRING_TOKEN_FILE"])
-    mounts = {m["mountPath"]: m for m in container(statefulset)["volumeMounts"]}
+def _secret_file(statefulset: Doc, c: Doc, path: Path) -> None:
+    """``path`` is a file of the generated Secret, mounted read-only into ``c``."""
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     mount = mounts[str(path.parent)]
     assert mount["readOnly"] is True
     volumes = {v["name"]: v for v in pod(statefulset)["volumes"]}
     secret_name = volumes[mount["name"]]["secret"]["secretName"]
     (generator,) = [g for g in kustomization()["secretGenerator"] if g["name"] == secret_name]
     assert path.name in generator["files"]
+
+
+def test_pairing_token_is_a_mounted_secret_file(statefulset: Doc) -> None:
+    path = Path(env(statefulset)["FLOW_AGENT_PAIRING_TOKEN_FILE"])
+    _secret_file(statefulset, container(statefulset), path)
     assert "FLOW_AGENT_PAIRING_TOKEN" not in env(statefulset)
+
+
+def test_api_token_is_copied_from_the_secret_into_memory(statefulset: Doc) -> None:
+    target = env(statefulset)["FLOW_AGENT_API_TOKEN_FILE"]
+    (init,) = pod(statefulset)["initContainers"]
+    assert init["image"] == container(statefulset)["image"]
+    install, flag, mode, source, copy_to = init["command"]
+    assert (install, flag, mode, copy_to) == ("install", "-m", "0600", target)
+    _secret_file(statefulset, init, Path(source))
+    volumes = {v["name"]: v for v in pod(statefulset)["volumes"]}
+    (run,) = [m for m in init["volumeMounts"] if m["mountPath"] == str(Path(target).parent)]
+    assert volumes[run["name"]]["emptyDir"]["medium"] == "Memory"
+    main = {m["name"]: m for m in container(statefulset)["volumeMounts"]}
+    assert main[run["name"]]["mountPath"] == str(Path(target).parent)
+
+
+def test_why_the_api_token_is_copied(tmp_path: Path) -> None:
+    # What a Secret volume holds under fsGroup: 0440. The agent refuses it;
+    # the init container's 0600 copy is accepted.
+    from agent.api.auth import read_token_file
+    from agent.errors import ConfigError
+
+    token = "t" * 43
+    mounted = tmp_path / "secret-api-token"
+    mounted.write_text(token + "\n")
+    mounted.chmod(0o440)
+    with pytest.raises(ConfigError, match="readable by other users"):
+        read_token_file(mounted)
+    copy_ = tmp_path / "api-token"
+    subprocess.run(["install", "-m", "0600", str(mounted), str(copy_)], check=True)
+    assert read_token_file(copy_) == token
 
 
 def test_every_flow_agent_variable_is_a_setting(statefulset: Doc) -> None:
     ours = {k: v for k, v in env(statefulset).items() if k not in OTHER_ENV}
-    if "api_listen" not in setting_names():
-        pytest.skip("api_listen is not in agent/settings.py yet (the daemon's local API)")
-    read_env(ours)
+    assert set(read_env(ours)) == {k.removeprefix("FLOW_AGENT_").lower() for k in ours}
 
 
 def test_the_config_map_is_a_valid_agent_config(tmp_path: Path) -> None:
