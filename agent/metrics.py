@@ -86,7 +86,7 @@ class AgentMetrics:
         )
         self.link_connect_failures = Counter(
             "flow_agent_link_connect_failures",
-            "Attempts to open the link that failed before a session started",
+            "Attempts to open the link (TCP, TLS, websocket upgrade) that failed",
             registry=r,
         )
         self.flow_syncs = Counter(
