@@ -18,6 +18,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ class ControlPlane:
 
     def reported(self, run_id: str, status: str) -> bool:
         try:
-            return self.run(run_id)["status"] == status
+            return bool(self.run(run_id)["status"] == status)
         except Exception:
             return False
 
@@ -215,8 +216,8 @@ def test_run_serves_the_api_and_api_runs_are_reported(tmp_path: Path, cp: Contro
         assert status == 201 and hooked["outputs"] == {"greeting": "Hello, hook!"}, hooked
 
         # Reported through the outbox like a dispatched run (outputs stay here).
-        for run_id in (started["run_id"], hooked["run_id"]):
-            wait_for(lambda r=run_id: cp.reported(r, "completed"), what=f"{run_id} reported")
+        for run_id in (str(started["run_id"]), str(hooked["run_id"])):
+            wait_for(partial(cp.reported, run_id, "completed"), what=f"{run_id} reported")
         status, metrics = http("GET", f"{url}/metrics")
         assert status == 200
         assert 'flow_agent_runs_completed_total{flow="hello"} 1.0' in metrics
@@ -347,7 +348,7 @@ def test_a_connector_service_answers_wait_then_calls_back_and_the_run_completes(
 
         def completed() -> bool:
             result.update(http("GET", f"{url}/api/v1/runs/{run_id}")[1])
-            return result["status"] == "completed"
+            return bool(result["status"] == "completed")
 
         wait_for(completed, what="the service's callback to complete the run")
         assert result["outputs"]["total"] == 600 and result["outputs"]["approved"] is True
