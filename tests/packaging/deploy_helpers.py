@@ -9,10 +9,13 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,3 +231,64 @@ def offline_env() -> dict[str, str]:
         }
     )
     return env
+
+
+# ---- a real control plane
+
+
+class ControlPlane:
+    """``flow-controlplane serve`` on loopback, driven through its CLI."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def cli(self, *args: str) -> str:
+        answer = subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", *args, "--url", self.url,
+             "--data", str(self.data)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=clean_env(),
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        return answer.stdout.strip()
+
+    def start(self) -> ControlPlane:
+        port = self.url.rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.cli", "serve", "--data", str(self.data),
+             "--port", port],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+            env=clean_env(),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, line
+        self.proc.stdout.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW_AGENT_", "FLOW_CP_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@contextmanager
+def control_plane(data: Path) -> Iterator[ControlPlane]:
+    """A running control plane with the tenant ``acme``."""
+    plane = ControlPlane(data).start()
+    try:
+        plane.cli("tenant", "create", "acme")
+        yield plane
+    finally:
+        plane.stop()

@@ -8,7 +8,6 @@ directory: the same process the container would start, minus the namespace.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -22,8 +21,10 @@ from deploy_helpers import (
     DOCKERFILE,
     DOCKERIGNORE,
     ROOT,
+    ControlPlane,
     Instruction,
     agent_commands,
+    control_plane,
     copies,
     dockerfile,
     env_of,
@@ -203,63 +204,10 @@ def test_a_malformed_token_is_refused_cleanly(tmp_path: Path, runtime: list[Inst
     assert "Traceback" not in answer.stderr
 
 
-class ControlPlane:
-    """``flow-controlplane serve`` on loopback, driven through its CLI."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def cli(self, *args: str) -> str:
-        answer = subprocess.run(
-            [sys.executable, "-m", "controlplane.cli", *args, "--url", self.url,
-             "--data", str(self.data)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT, env=_clean_env(),
-        )  # fmt: skip
-        assert answer.returncode == 0, answer.stderr
-        return answer.stdout.strip()
-
-    def start(self) -> ControlPlane:
-        port = self.url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "serve", "--data", str(self.data),
-             "--port", port],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-            env=_clean_env(),
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, line
-        self.proc.stdout.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW_AGENT_", "FLOW_CP_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 @pytest.fixture
 def cp(tmp_path: Path) -> Iterator[ControlPlane]:
-    if "run" not in agent_commands():
-        pytest.skip("`flow-agent run` is not in the CLI yet (agent/cli_daemon.py)")
-    plane = ControlPlane(tmp_path / "cp").start()
-    try:
-        plane.cli("tenant", "create", "acme")
+    with control_plane(tmp_path / "cp") as plane:
         yield plane
-    finally:
-        plane.stop()
 
 
 def _wait(predicate: Callable[[], bool], proc: subprocess.Popen[str], log: Path, what: str) -> None:

@@ -9,12 +9,27 @@ import json
 import mmap
 import re
 import shlex
+import signal
+import socket
+import stat
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from deploy_helpers import ROOT, UNIT, parse_unit, tool
+from deploy_helpers import (
+    DEFAULT_CONFIG,
+    ROOT,
+    UNIT,
+    agent_commands,
+    clean_env,
+    control_plane,
+    free_port,
+    parse_unit,
+    tool,
+)
 
 from agent.cli import build_parser
 from agent.settings import Settings
@@ -239,3 +254,117 @@ def test_a_flow_runs_under_mdwe(tmp_path: Path) -> None:
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["status"] == "completed"
+
+
+# ---- the daemon as systemd starts it
+#
+# No systemd runs here, so this plays its part: the unit's ExecStart=, the
+# variables systemd sets (NOTIFY_SOCKET, WATCHDOG_USEC from WatchdogSec=,
+# STATE_DIRECTORY from StateDirectory=, INVOCATION_ID), UMask=, a notify
+# socket that checks each datagram's sender (NotifyAccess=main), SIGHUP for
+# ExecReload= and SIGTERM for a stop within TimeoutStopSec=.
+
+
+class NotifySocket:
+    """systemd's end of the notify protocol, with each sender's pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.seen: list[tuple[int, str]] = []
+
+    def until(self, line: str, *, proc: subprocess.Popen[str], timeout: float) -> None:
+        """Collect datagrams until one holds ``line``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not self._pending():
+                pytest.fail(f"the daemon exited {proc.returncode} before {line}: {self.seen}")
+            self.sock.settimeout(0.2)
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                continue
+            pid = -1
+            for level, kind, payload in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                    pid = struct.unpack("3i", payload[:12])[0]
+            self.seen.append((pid, data.decode()))
+            if line in data.decode().splitlines():
+                return
+        pytest.fail(f"no {line} within {timeout} s: {self.seen}")
+
+    def _pending(self) -> bool:
+        self.sock.settimeout(0)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, TimeoutError):
+            return False
+        return True
+
+    def lines(self) -> list[str]:
+        return [line for _, data in self.seen for line in data.splitlines()]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _exec_start(service: dict[str, list[str]]) -> list[str]:
+    argv = shlex.split(one(service, "ExecStart"))
+    assert argv[0] == "/usr/bin/flow-agent" and argv[-2] == "--config"
+    # The installed command and config file are this checkout's.
+    return [sys.executable, "-m", "agent.cli", *argv[1:-1], str(DEFAULT_CONFIG)]
+
+
+def test_the_daemon_keeps_the_units_contract(tmp_path: Path, service: dict[str, list[str]]) -> None:
+    if "run" not in agent_commands():
+        pytest.skip("`flow-agent run` is not in the CLI yet")
+    state = tmp_path / "state"
+    env = clean_env()
+    with control_plane(tmp_path / "cp") as cp:
+        # Paired first, as docs/deploy.md has the admin do.
+        token = tmp_path / "pairing-token"
+        token.write_text(cp.cli("token", "create", "--tenant", "acme") + "\n")
+        paired = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "pair", "--token-file", str(token),
+             "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert paired.returncode == 0, paired.stderr
+        notify = NotifySocket(tmp_path / "notify")
+        env.update(
+            NOTIFY_SOCKET=str(notify.path),
+            WATCHDOG_USEC=str(int(seconds(one(service, "WatchdogSec")) * 1_000_000)),
+            STATE_DIRECTORY=str(state),
+            INVOCATION_ID="0" * 32,
+            # What a drop-in would do; the default port may be held by another test.
+            FLOW_AGENT_API_LISTEN=f"127.0.0.1:{free_port()}",
+        )
+        log = tmp_path / "journal"
+        with log.open("w") as journal:
+            proc = subprocess.Popen(
+                _exec_start(service), env=env, cwd=tmp_path, stdout=journal,
+                stderr=subprocess.STDOUT, text=True, umask=int(one(service, "UMask"), 8),
+            )  # fmt: skip
+        try:
+            notify.until("READY=1", proc=proc, timeout=seconds(one(service, "TimeoutStartSec")))
+            assert any(line.startswith("STATUS=") for line in notify.lines())
+            # ExecReload=: SIGHUP, answered with systemd's reload handshake.
+            proc.send_signal(signal.SIGHUP)
+            notify.until("RELOADING=1", proc=proc, timeout=30)
+            notify.until("READY=1", proc=proc, timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            notify.until("STOPPING=1", proc=proc, timeout=30)
+            proc.wait(timeout=seconds(one(service, "TimeoutStopSec")))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            notify.close()
+    assert proc.returncode == 0, log.read_text()
+    # NotifyAccess=main: every datagram came from the main process.
+    assert {pid for pid, _ in notify.seen} == {proc.pid}
+    # StateDirectory= is where the daemon kept its state.
+    assert (state / "state.db").exists()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
