@@ -8,6 +8,7 @@ directory: the same process the container would start, minus the namespace.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -145,7 +146,7 @@ class Image:
 
     def run(self, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv, env=self.env, cwd=self.state.parent, capture_output=True, text=True,
+            self.argv, env=self.env, cwd=self.state, capture_output=True, text=True,
             timeout=timeout,
         )  # fmt: skip
 
@@ -153,14 +154,14 @@ class Image:
         # Logs go to a file: a pipe nobody reads would stall a chatty daemon.
         with log.open("a") as sink:
             return subprocess.Popen(
-                self.argv, env=self.env, cwd=self.state.parent, stdout=sink,
+                self.argv, env=self.env, cwd=self.state, stdout=sink,
                 stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Another command in the same container (docker exec, HEALTHCHECK)."""
         return subprocess.run(
-            [*self.argv[:-1], *args], env=self.env, cwd=self.state.parent,
+            [*self.argv[-4:-1], *args], env=self.env, cwd=self.state,
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
@@ -169,6 +170,11 @@ def image(base: Path, runtime: list[Instruction], **extra: str) -> Image:
     files = copies(runtime)
     env = env_of(runtime, base={"PATH": "/usr/bin:/bin"})
     state = base / "state"
+    # As the image made it (WORKDIR, VOLUME): 0700, the agent's own.
+    state.mkdir(mode=0o700)
+    # The container's /tmp, apart from this test's own temporary files.
+    (base / "container-tmp").mkdir()
+    env["TMPDIR"] = str(base / "container-tmp")
     # Image paths -> here: the volume, files COPY'd from the build context,
     # and the venv's bin (this test's interpreter runs the same code).
     env["FLOW_AGENT_STATE_DIR"] = str(state)
@@ -243,7 +249,7 @@ def _start_and_stop(img: Image, *, healthcheck: list[str] | None = None) -> str:
     With ``healthcheck``, run it (as Docker would) while the agent runs and
     after it stopped. Returns what the agent logged.
     """
-    log = img.state.parent / "agent.log"
+    log = img.state.parent / "agent.log"  # outside the volume: the test writes it
     log.unlink(missing_ok=True)
     proc = img.spawn(log)
     try:
@@ -310,3 +316,51 @@ def test_pairs_on_first_start_from_a_mounted_token_file(
     # The restart keeps the identity: the token file is not needed any more.
     _start_and_stop(img)
     assert _agent_id(img.state) == first
+
+
+def _writes(trace: Path) -> list[tuple[str, str]]:
+    """(call, path) of every successful write-like file call in an strace log."""
+    found: list[tuple[str, str]] = []
+    call = re.compile(r"^\d+ +(\w+)\((.*)\) += (-?\d+)")
+    for line in trace.read_text().splitlines():
+        match = call.match(line)
+        if match is None or match[3].startswith("-"):
+            continue
+        name, args = match[1], match[2]
+        if name in ("open", "openat") and not re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC", args):
+            continue
+        for path in re.findall(r'"([^"]*)"', args):
+            found.append((name, path))
+    return found
+
+
+def test_writes_only_to_the_volume_and_tmp(
+    tmp_path: Path, runtime: list[Instruction], cp: ControlPlane
+) -> None:
+    # What a read-only root filesystem needs: every file the agent creates,
+    # writes, renames or removes is in the volume or in /tmp.
+    strace = tool("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    token = cp.cli("token", "create", "--tenant", "acme")
+    img = image(tmp_path, runtime, FLOW_AGENT_PAIRING_TOKEN=token)
+    trace = tmp_path / "trace"
+    calls = (
+        "open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,"
+        "link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,chown,fchownat,mknodat"
+    )
+    # -D: strace is a detached grandchild, so the agent is the process we signal.
+    traced = Image(
+        argv=[strace, "-D", "-f", "-qq", "-e", f"trace={calls}", "-o", str(trace), *img.argv],
+        env=img.env, state=img.state,
+    )  # fmt: skip
+    _start_and_stop(traced)
+    writes = _writes(trace)
+    assert any(path.endswith("state.db") for _, path in writes), "the trace saw no write"
+    allowed = (str(img.state) + "/", str(tmp_path / "container-tmp") + "/", "/dev/null")
+    outside = sorted(
+        {f"{name} {path}" for name, path in writes
+         if not (Path(img.state, path) if not path.startswith("/") else Path(path))
+         .as_posix().startswith(allowed) and path != str(img.state)}
+    )  # fmt: skip
+    assert outside == []
