@@ -27,12 +27,14 @@ fi
 
 # -- Deployment tools for tests/packaging (lintian checks the .deb, which is
 # built with the system python3's venv and binutils' strip; systemd-analyze
-# scores the unit). Each test skips when its tool is missing.
+# scores the unit; strace watches the image's command). Each test skips when
+# its tool is missing.
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   deploy_pkgs=""
   command -v lintian >/dev/null || deploy_pkgs="$deploy_pkgs lintian"
   command -v strip >/dev/null || deploy_pkgs="$deploy_pkgs binutils"
   command -v systemd-analyze >/dev/null || deploy_pkgs="$deploy_pkgs systemd"
+  command -v strace >/dev/null || deploy_pkgs="$deploy_pkgs strace"
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || deploy_pkgs="$deploy_pkgs python3-venv"
   if [ -n "$deploy_pkgs" ]; then
     apt-get update -qq
