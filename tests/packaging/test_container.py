@@ -240,7 +240,7 @@ def _agent_id(state: Path) -> str:
 
     identity = load_identity(state)
     assert identity is not None
-    return identity.agent_id
+    return str(identity.agent_id)
 
 
 def _start_and_stop(img: Image, *, healthcheck: list[str] | None = None) -> str:

@@ -9,7 +9,7 @@ import copy
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,7 @@ def test_the_namespace_enforces_restricted() -> None:
 
 
 def test_the_checker_catches_each_loosening(statefulset: Doc) -> None:
-    loosenings = {
+    loosenings: dict[str, Callable[[Doc], object]] = {
         "drop": lambda s: s["containers"][0]["securityContext"]["capabilities"].pop("drop"),
         "escalation": lambda s: s["containers"][0]["securityContext"].update(
             allowPrivilegeEscalation=True
