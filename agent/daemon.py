@@ -216,9 +216,10 @@ class Agent:
         self.api_started.set()
 
     async def _stop_api(self) -> None:
-        if self.api is not None and self.api_url is not None:
+        if self.api is not None:
+            await self.api.stop(force=self.force)  # a no-op once stopped
+        if self.api_url is not None:
             self.api_url = None
-            await self.api.stop(force=self.force)
             self.store.set_meta(URL_META, "")
 
     async def _open(self, url: str) -> Any:

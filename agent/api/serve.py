@@ -28,6 +28,8 @@ from .auth import TOKEN_FILE, TokenFile, is_loopback_host
 log = logging.getLogger("flow_agent.api")
 
 URL_META: Final = "api.url"  # where the daemon records the URL it listens on
+_CUT_SHORT: Final = 0.01  # seconds a forced stop gives handlers (0 would mean forever)
+_CUT_SHORT_WAIT: Final = 5.0
 
 
 def listen_address(settings: Settings) -> tuple[str, int]:
@@ -104,10 +106,14 @@ class ApiServer:
         period), or cut them short at once when ``force`` is set."""
         if not self._started:
             return
-        self._started = False
         if force is None:
             await self._runner.cleanup()
-            return
+        else:
+            await self._stop(force)
+        # Only now: a stop cut short by cancellation is done again by the next call.
+        self._started = False
+
+    async def _stop(self, force: asyncio.Event) -> None:
         cleanup = asyncio.ensure_future(self._runner.cleanup())
         forced = asyncio.ensure_future(force.wait())
         try:
@@ -117,6 +123,17 @@ class ApiServer:
             if not cleanup.done():
                 cleanup.cancel()
             await asyncio.gather(cleanup, forced, return_exceptions=True)
+        if cleanup.cancelled():
+            # Forced: cancel the handlers still running (their runs' last steps
+            # are committed), close their connections, then finish the cleanup.
+            try:
+                async with asyncio.timeout(_CUT_SHORT_WAIT):
+                    server = self._runner.server
+                    if server is not None:
+                        await server.shutdown(_CUT_SHORT)
+                    await self._runner.cleanup()
+            except TimeoutError:
+                log.warning("the local API did not stop in time; leaving it to the exit")
 
 
 __all__ = ["URL_META", "ApiServer", "api_token", "listen_address", "public_url", "token_path"]
