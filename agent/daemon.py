@@ -379,7 +379,9 @@ async def ensure_identity(
             wipe_token_file(path)
         identity = result.identity
         log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
-    elif token_from_env(env)[0] is not None:
+    elif env.get("FLOW_AGENT_PAIRING_TOKEN") or env.get("FLOW_AGENT_PAIRING_TOKEN_FILE"):
+        # Only look at the variables: pairing wiped the token file, and a
+        # restart must not need it.
         log.info("already paired as %s; the pairing token is not used", identity.agent_id)
     adopt_identity(store, identity)
     return identity

@@ -297,11 +297,6 @@ def test_pairs_on_first_start_from_the_token_variable_and_restarts_idempotently(
     assert token not in output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/daemon.py ensure_identity reads FLOW_AGENT_PAIRING_TOKEN_FILE even when"
-    " already paired: once pairing wiped the file, every restart exits 78 (cannot read it)",
-)
 def test_pairs_on_first_start_from_a_mounted_token_file(
     tmp_path: Path, runtime: list[Instruction], cp: ControlPlane
 ) -> None:
