@@ -115,9 +115,35 @@ def cron_trigger(cron: str, timezone: str | None = None) -> BaseTrigger:
             minute=minute, hour=hour, day=day, month=month, day_of_week=weekday, timezone=zone
         )
 
+    found: BaseTrigger = trigger(day, weekday)
     if not day.startswith("*") and not weekday.startswith("*"):
-        return OrTrigger([trigger(day, "*"), trigger("*", weekday)])
-    return trigger(day, weekday)
+        found = OrTrigger([trigger(day, "*"), trigger("*", weekday)])
+    if not hour.startswith("*"):
+        found = _OnceInRepeatedHour(found, zone)
+    return found
+
+
+class _OnceInRepeatedHour(BaseTrigger):  # type: ignore[misc]
+    """Crontab's rule for the night the clocks go back: a job at fixed hours
+    runs once, not in both passes of the repeated hour (a job every few
+    minutes or hours runs in both, as those are distinct points in time)."""
+
+    def __init__(self, inner: BaseTrigger, zone: ZoneInfo) -> None:
+        self.inner = inner
+        self.zone = zone
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        for _ in range(4):
+            found: datetime | None = self.inner.get_next_fire_time(previous_fire_time, now)
+            if found is None or found.astimezone(UTC).astimezone(self.zone).fold == 0:
+                return found
+            now = found.astimezone(UTC) + timedelta(seconds=1)  # the second pass: skip it
+        return None
+
+    def __str__(self) -> str:
+        return f"once per wall time ({self.inner})"
 
 
 def next_fire(trigger: BaseTrigger, after: float) -> float | None:

@@ -108,3 +108,20 @@ def test_fire_run_ids_are_deterministic_distinct_and_time_ordered() -> None:
     assert a != fire_run_id("other", at(2026, 1, 1, 0, 5))
     later = fire_run_id("report", at(2026, 1, 1, 0, 10))
     assert a.startswith("r_") and len(a) == 28 and a < later
+
+
+def test_the_night_clocks_go_back_a_fixed_time_fires_once() -> None:
+    start = at(2026, 10, 24, 22, 40)  # Berlin leaves summer time on 25 October, 03:00 -> 02:00
+    assert fires("30 2 * * *", start, 2, "Europe/Berlin") == ["Sun 25 00:30", "Mon 26 01:30"]
+    # Every half hour is every half hour: both passes of the repeated hour.
+    assert fires("*/30 * * * *", at(2026, 10, 24, 23, 50), 4, "Europe/Berlin") == [
+        "Sun 25 00:00",
+        "Sun 25 00:30",
+        "Sun 25 01:00",
+        "Sun 25 01:30",
+    ]
+
+
+def test_the_night_clocks_go_forward_a_missing_time_fires_after_the_gap() -> None:
+    start = at(2026, 3, 28, 12)  # Berlin: 29 March, 02:00 -> 03:00; 02:30 does not exist
+    assert fires("30 2 * * *", start, 2, "Europe/Berlin") == ["Sun 29 01:30", "Mon 30 00:30"]
