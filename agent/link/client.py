@@ -12,9 +12,11 @@ comes within as long: a half-open link is found within two intervals) and
 the status reporter.
 
 Between sessions: capped, jittered backoff that resets after a healthy
-session.  Close codes are classified once (``classify_close``): 4401 and
-4403 end the link for good and are recorded as ``auth_refused``/``revoked``
-so that ``flow-agent status`` says so and nothing retries in a storm.
+session, spread over at least ``reconnect_spread`` seconds once connected (a
+restarting control plane drops the whole fleet at once).  Close codes are
+classified once (``classify_close``): 4401 and 4403 end the link for good
+and are recorded as ``auth_refused``/``revoked`` so that ``flow-agent
+status`` says so and nothing retries in a storm.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random as _random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -67,6 +70,9 @@ log = logging.getLogger("flow_agent.link")
 BATCH_EVENTS: Final = 500
 WINDOW_BATCHES: Final = 8  # unacknowledged batches in flight
 DEFAULT_HEARTBEAT: Final = 20.0
+# RFC 6455 7.2.3 asks for a random first reconnect delay (websockets: 0-5 s); 8 s keeps a
+# fleet whose control plane was down for up to ~2 s under a quarter per second coming back.
+RECONNECT_SPREAD: Final = 8.0
 
 OpenWs = Callable[[str], Awaitable[ClientConnection]]
 
@@ -78,6 +84,16 @@ class LinkOptions:
     max_frame_bytes: int = 4 * 1024 * 1024
     handshake_timeout: float = 10.0
     status_interval: float = 30.0
+    reconnect_spread: float = RECONNECT_SPREAD
+
+
+def spread_delay(delay: float, *, spread: float, random: Callable[[], float]) -> float:
+    """Widen a draw of ``uniform(0, ceiling)`` to ``uniform(0, max(ceiling, spread))``.
+
+    Redrawing only what falls below ``spread`` keeps the density ``1/ceiling``
+    when the ceiling is wider, so the backoff's ceiling need not be known.
+    """
+    return delay if delay >= spread else random() * spread
 
 
 class _Down(Exception):
@@ -113,6 +129,7 @@ class Link:
         backoff: Backoff | None = None,
         mono: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
+        random: Callable[[], float] = _random.random,
     ) -> None:
         self.identity = identity
         self.key = key
@@ -125,6 +142,7 @@ class Link:
         self.backoff = backoff or Backoff()
         self.mono = mono
         self.clock = clock
+        self.random = random
         self.ready = asyncio.Event()  # set while a session is READY
         self.sessions = 0  # sessions that reached READY, for tests and status
         self._stop = asyncio.Event()
@@ -154,6 +172,10 @@ class Link:
             if lasted is not None:
                 self.backoff.session_ended(lasted=lasted)
             delay = self.backoff.next_delay()
+            if self.sessions:  # the whole fleet may have lost its link at this instant
+                delay = spread_delay(
+                    delay, spread=self.options.reconnect_spread, random=self.random
+                )
             log.debug("reconnecting in %.2f s", delay)
             try:
                 async with asyncio.timeout(delay):
@@ -491,4 +513,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
-__all__ = ["DEFAULT_HEARTBEAT", "Link", "LinkOptions"]
+__all__ = ["DEFAULT_HEARTBEAT", "RECONNECT_SPREAD", "Link", "LinkOptions", "spread_delay"]
