@@ -196,10 +196,18 @@ class Agent:
             ready=self.lifecycle.readiness.check,
             metrics=self.metrics,
             callbacks=self.callbacks,
-            accepting=lambda: not self.stop_requested.is_set(),
+            accepting=self._accepting,
         )
         self.lifecycle.readiness.require("api", "the local API")
         return ApiServer(app, host=host, port=port, grace=settings.drain_timeout)
+
+    def _accepting(self) -> bool | str:
+        """Whether the API may start runs now; else why not (its 503's code)."""
+        if self.stop_requested.is_set():
+            return "draining"
+        if self.outbox.full():  # as the control plane's start_run is refused
+            return "outbox_full"
+        return True
 
     async def _start_api(self) -> None:
         """Bind the API before anything else runs: a taken port stops the start."""
@@ -223,8 +231,9 @@ class Agent:
             self.store.set_meta(URL_META, "")
 
     async def _open(self, url: str) -> Any:
+        began = self.mono()
         try:
-            return await open_link(
+            ws = await open_link(
                 url,
                 ca_file=self.settings.ca_file,
                 max_frame_bytes=self.settings.max_frame_bytes,
@@ -233,6 +242,8 @@ class Agent:
         except Exception:
             self.lifecycle.connect_failed()
             raise
+        self.lifecycle.connected(took=self.mono() - began)
+        return ws
 
     def request_stop(self) -> None:
         """First call: drain and stop; second call: stop now."""

@@ -9,13 +9,14 @@ and the lifecycle state becomes ``ready`` once every condition of
 daemon serves one), and the first flow sync is done.  The protocol has no
 end-of-sync frame, so the first sync counts as done once the session is up,
 the inventory went out and the control plane has sent no ``flow`` or
-``activate`` frame for ``SYNC_SETTLE`` seconds (it answers an inventory at
-once, frames back to back).  Offline counts too when it is safe: the first
-attempt to reach the control plane failed and flows synced earlier are
-stored here, so they run; with no flow at all the agent stays not ready
-until the control plane answers.  A revoked or refused identity is
-terminal: nothing more will arrive, so the agent is ready with what it has
-and says why in ``STATUS=``.
+``activate`` frame for ``sync_settle`` seconds: ``SYNC_SETTLE``, or twice
+the time the link took to open when that is longer (the control plane
+answers an inventory at once, frames back to back, one round trip later).
+Offline counts too when it is safe: the first attempt to reach the control
+plane failed and flows synced earlier are stored here, so they run; with no
+flow at all the agent stays not ready until the control plane answers.  A
+revoked or refused identity is terminal: nothing more will arrive, so the
+agent is ready with what it has and says why in ``STATUS=``.
 
 The watchdog is fed only while the loops really progress: every
 ``WATCHDOG_USEC / 2`` the watchdog task checks that every watched loop (the
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flow_agent.lifecycle")
 
-SYNC_SETTLE: Final = 0.3  # seconds without a flow frame after the inventory
+SYNC_SETTLE: Final = 0.3  # seconds without a flow frame after the inventory (at least)
+MAX_SYNC_SETTLE: Final = 5.0
 STARTUP_POLL: Final = 0.02
 REPORT_INTERVAL: Final = 1.0  # STATUS= line and gauges
 LIFECYCLE_KEY: Final = "daemon.lifecycle"
@@ -160,6 +162,7 @@ class Lifecycle:
         self.state = "starting"
         self.connect_failures = 0
         self.last_sync_frame = 0.0
+        self.sync_settle = SYNC_SETTLE
         self._agent: Agent | None = None
         self._started_at = clock()
         self._sessions_seen = 0
@@ -183,6 +186,12 @@ class Lifecycle:
     def connect_failed(self) -> None:
         self.connect_failures += 1
         self.metrics.link_connect_failures.inc()
+
+    def connected(self, *, took: float) -> None:
+        """A link opened in ``took`` seconds (TCP, TLS, upgrade: a few round trips)."""
+        # The control plane answers the inventory about one round trip later:
+        # on a slow path, wait for its flows longer than on loopback.
+        self.sync_settle = min(max(SYNC_SETTLE, 2 * took), MAX_SYNC_SETTLE)
 
     def tasks(self, *, link_enabled: bool) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """The long-lived tasks to start in the supervisor's group."""
@@ -259,7 +268,7 @@ class Lifecycle:
                 now = self.mono()
                 if link_up_at is None:
                     link_up_at = now
-                if now - max(link_up_at, self.last_sync_frame) >= SYNC_SETTLE:
+                if now - max(link_up_at, self.last_sync_frame) >= self.sync_settle:
                     flows = len(agent.sync.inventory())
                     self.readiness.done("sync", f"connected, {flows} flow(s) synced")
                     return
