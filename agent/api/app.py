@@ -56,7 +56,7 @@ def create_app(
     secrets: Mapping[str, str] | None = None,
     max_body: int = MAX_BODY,
     callbacks: CallbackIssuer | None = None,
-    accepting: Callable[[], bool] | None = None,
+    accepting: Callable[[], bool | str] | None = None,
 ) -> web.Application:
     """The local API and player page around ``runner`` (and its store and catalog).
 
@@ -71,8 +71,9 @@ def create_app(
     (default: the runner's) holds the webhook signing secrets.  Bodies larger
     than ``max_body`` bytes are refused with 413.  ``callbacks`` checks the
     tokens of ``POST /api/v1/runs/{run_id}/callback`` (connector services
-    answering late); without it that route answers 404.  While
-    ``accepting()`` is False (the agent stops) new runs are refused with 503.
+    answering late); without it that route answers 404.  Unless
+    ``accepting()`` is True, new runs are refused with 503 and the code it
+    gives instead (``draining`` while the agent stops, ``outbox_full``).
     """
     ctx = Context(
         runner=runner,

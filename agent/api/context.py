@@ -32,8 +32,16 @@ MOVED_ON_CODES = frozenset({"stale_token", "not_waiting"})
 _INPUT_IN_MESSAGE = re.compile(r"^input '([^']*)'")
 
 
-def _accepting() -> bool:
+def _accepting() -> bool | str:
     return True
+
+
+# Why new runs are refused, by the code ``accepting()`` gives.
+_REFUSALS = {
+    "draining": "the agent is stopping and starts no new runs; try again shortly",
+    "outbox_full": "too many events wait for the control plane (outbox_limit); new runs"
+    " start again once they are delivered",
+}
 
 
 @dataclass(kw_only=True)
@@ -45,8 +53,9 @@ class Context:
     secrets: Mapping[str, str]
     clock: Callable[[], float]
     callbacks: CallbackIssuer | None = None
-    # False while the agent stops: new runs are refused, the rest is served.
-    accepting: Callable[[], bool] = _accepting
+    # True, or why new runs are refused now ("draining", "outbox_full"); the
+    # rest of the API is served all the same.
+    accepting: Callable[[], bool | str] = _accepting
     replay: ReplayGuard = field(default_factory=ReplayGuard)
 
     @property
@@ -55,14 +64,11 @@ class Context:
         return self.token_source()
 
     def check_accepting(self) -> None:
-        """503 while the agent stops: it takes no new runs then."""
-        if not self.accepting():
-            raise Problem(
-                503,
-                "draining",
-                "the agent is stopping and starts no new runs; try again shortly",
-                headers={"Retry-After": "10"},
-            )
+        """503 while the agent takes no new runs (stopping, outbox full)."""
+        answer = self.accepting()
+        if answer is not True:
+            code = answer if isinstance(answer, str) and answer in _REFUSALS else "draining"
+            raise Problem(503, code, _REFUSALS[code], headers={"Retry-After": "10"})
 
     @property
     def store(self) -> Store:

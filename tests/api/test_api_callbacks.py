@@ -39,7 +39,7 @@ class Setup:
     runner: Runner
     issuer: CallbackIssuer
     pending: list[tuple[dict[str, str], dict[str, Any]]]
-    accepting: list[bool]
+    accepting: list[bool | str]
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         secrets={"approvals-token": SERVICE_TOKEN},
         observer=Metrics(),
     )
-    accepting = [True]
+    accepting: list[bool | str] = [True]
     app = create_app(runner=runner, token=TOKEN, callbacks=issuer, accepting=lambda: accepting[0])
     client = await serve(app)
     issuer.base_url = str(client.make_url("")).rstrip(
@@ -162,6 +162,12 @@ async def test_while_stopping_new_runs_are_refused_but_callbacks_are_taken(setup
         setup, run_id, callback["token"], {"outputs": {"approved": False, "ticket": "T-1"}}
     )
     assert status == 200 and result["status"] == "completed"
+    setup.accepting[0] = "outbox_full"
+    response = await setup.client.post(
+        "/api/v1/flows/service-approval/runs", json={"inputs": {}}, headers=API
+    )
+    assert response.status == 503
+    assert (await response.json())["type"].endswith(":outbox_full")
 
 
 async def test_without_an_issuer_the_route_answers_404(tmp_path: Path) -> None:
