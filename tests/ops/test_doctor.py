@@ -94,7 +94,8 @@ async def test_a_healthy_agent_passes_every_check(cp: Cp, agent: AgentUnderTest)
     assert any("authenticated as ag_" in line for line in lines)
     assert agent.identity is not None
     # The control plane saw a real session: the agent was online.
-    assert cp.cp.store.get_agent(agent.identity.agent_id).last_seen is not None
+    record = cp.cp.store.get_agent(agent.identity.agent_id)
+    assert record is not None and record.last_seen is not None
 
 
 async def test_with_the_daemon_running_doctor_does_not_steal_its_session(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,39 @@ async def test_the_watchdog_task_feeds_every_interval_and_stops_when_the_loop_st
 
 class _Enough(Exception):
     pass
+
+
+async def test_a_blocked_event_loop_sends_no_watchdog_until_it_runs_again(
+    listener: Listener,
+) -> None:
+    """Case 24 with the real clock: the watchdog lives on the event loop, not on a
+    thread of its own that would feed systemd while the loop hangs."""
+    progress = Progress()
+    progress.watch("timer", lambda: 60.0)
+    dog = Watchdog(notifier=Notifier(listener.address), progress=progress, interval=0.01)
+    counts: list[int] = []
+
+    def block() -> None:
+        # The loop's only thread is held here for 15 intervals; the socket is read meanwhile.
+        for _ in range(3):
+            time.sleep(dog.interval * 5)
+            counts.append(len(listener.received()))
+
+    async with asyncio.TaskGroup() as group:
+        feeding = group.create_task(dog.run())
+        await _until(lambda: dog.fed >= 2)
+        listener.received()
+        asyncio.get_running_loop().call_soon(block)
+        await asyncio.sleep(0)
+        await _until(lambda: bool(counts))
+        assert counts == [0, 0, 0]  # not one WATCHDOG=1 while the loop was blocked
+        fed = dog.fed
+        await _until(lambda: dog.fed > fed)  # and fed again once it runs
+        assert "WATCHDOG=1" in listener.received()
+        feeding.cancel()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):  # a guard against a hang, not a timing assertion
+        while not check():
+            await asyncio.sleep(0.005)
