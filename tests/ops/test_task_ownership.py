@@ -17,7 +17,7 @@ import agent
 AGENT = Path(agent.__file__).parent
 SPAWNERS = frozenset({"create_task", "ensure_future"})
 # (module, function): a task made and awaited within the function.
-SCOPED = frozenset({("link/client.py", "_connect"), ("api/serve.py", "stop")})
+SCOPED = frozenset({("link/client.py", "_connect"), ("api/serve.py", "_stop")})
 
 
 def _receiver(call: ast.Call) -> str:
