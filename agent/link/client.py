@@ -477,20 +477,55 @@ class _SessionRunner:
     # -- heartbeat and status -----------------------------------------------------------
 
     async def _heartbeat(self, interval: float) -> None:
+        """Ping every ``interval``; the link is dead when a ping goes unanswered for as long
+        and nothing at all arrived meanwhile.
+
+        Bytes still arriving mean the link is alive and only slow: the pong sits
+        behind a large frame (a flow download over a thin link).  Without this a
+        frame longer than ``interval`` to receive cost a reconnect, after which
+        the control plane sent it again, for ever.  While waiting the agent
+        keeps pinging every half interval, so the control plane hears from it.
+        """
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            try:
-                async with asyncio.timeout(interval):
-                    pong = await self.ws.ping()
-                    await pong
-            except TimeoutError:
-                log.warning(
-                    "no pong from the control plane within %g s: the link is dead", interval
-                )
-                self.ws.transport.abort()
-                raise _Down(None, f"no pong within {interval:g} s") from None
-            except ConnectionClosed as exc:
-                raise _closed(exc) from None
+            sent = loop.time()
+            pong = await self._ping(interval)
+            while True:
+                done, _ = await asyncio.wait({pong}, timeout=interval / 2)
+                if done:
+                    if (error := pong.exception()) is not None:
+                        if isinstance(error, ConnectionClosed):
+                            raise _closed(error) from None
+                        raise _Down(None, f"the ping failed: {error}") from None
+                    break
+                now = loop.time()
+                received = getattr(self.ws, "last_received", None)
+                busy = isinstance(received, float) and now - received < interval
+                if now - sent >= interval and not busy:
+                    log.warning(
+                        "no pong from the control plane within %g s: the link is dead", interval
+                    )
+                    self.ws.transport.abort()
+                    raise _Down(None, f"no pong within {interval:g} s")
+                if busy:
+                    await self._ping(interval)
+
+    async def _ping(self, interval: float) -> asyncio.Future[float]:
+        try:
+            # Sending waits while the socket's buffer is full: a link that takes
+            # nothing for a whole interval is as dead as one that answers nothing.
+            async with asyncio.timeout(interval):
+                waiter = await self.ws.ping()
+        except TimeoutError:
+            log.warning("a ping could not be sent within %g s: the link is dead", interval)
+            self.ws.transport.abort()
+            raise _Down(None, f"no ping sent within {interval:g} s") from None
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        # A pong also answers every earlier ping; waiters left over at close are read here.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return waiter
 
     async def _reporter(self) -> None:
         while True:

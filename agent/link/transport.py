@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+import time
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -109,6 +110,20 @@ def _default_port(scheme: str) -> int:
     return 443 if scheme in ("https", "wss") else 80
 
 
+class LinkConnection(ClientConnection):
+    """The link's connection; remembers when bytes last arrived (``loop.time()``).
+
+    The heartbeat reads it: a link busy delivering a large frame is alive even
+    when the pong to a ping waits behind that frame.
+    """
+
+    last_received: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
+        super().data_received(data)
+
+
 class _Connect(connect):
     """websockets' connect, refusing redirects to another host or without TLS."""
 
@@ -146,6 +161,7 @@ async def open_link(
         close_timeout=5,
         user_agent_header=USER_AGENT,
         proxy=True,
+        create_connection=LinkConnection,
         **kwargs,
     )
 
@@ -154,6 +170,7 @@ __all__ = [
     "CONNECT_PATH",
     "PAIR_PATH",
     "USER_AGENT",
+    "LinkConnection",
     "PlaintextRefused",
     "RedirectRefused",
     "check_plaintext",

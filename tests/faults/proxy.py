@@ -36,6 +36,7 @@ class Toxics:
 class _Conn:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    frozen: bool = False  # half-open: bytes read and dropped both ways, sockets kept
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
@@ -56,6 +57,7 @@ class FaultProxy:
         self.down = Toxics()
         self.refuse = False
         self.connections = 0
+        self.accepted_at: list[float] = []  # monotonic time of every connection attempt
         self.resets = 0
         self._conns: list[_Conn] = []
         self._server: asyncio.Server | None = None
@@ -72,6 +74,13 @@ class FaultProxy:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    def freeze(self) -> int:
+        """Make every open connection half-open; new ones pass.  Returns how many."""
+        live = [c for c in self._conns if not c.frozen]
+        for conn in live:
+            conn.frozen = True
+        return len(live)
+
     def reset_all(self) -> int:
         """RST every open connection; returns how many there were."""
         conns, self._conns = self._conns, []
@@ -85,6 +94,7 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.accepted_at.append(time.monotonic())
         if self.refuse:
             _rst(writer)
             return
@@ -110,14 +120,16 @@ class FaultProxy:
         queue: deque[tuple[float, bytes]] = deque()
         more = asyncio.Event()
         loop = asyncio.get_running_loop()
-        deliver = loop.create_task(self._deliver(queue, more, writer, tox))
+        deliver = loop.create_task(self._deliver(queue, more, writer, tox, conn))
         conn.tasks.append(deliver)
         try:
             while data := await reader.read(16384):
-                if tox.mode == "drop":
+                if tox.mode == "drop" or conn.frozen:
                     continue
                 queue.append((time.monotonic() + tox.latency, data))
                 more.set()
+            if conn.frozen:
+                return  # a half-open link: the other side never learns of the close
             queue.append((0.0, b""))  # end of stream: close after the queued bytes
             more.set()
             await deliver
@@ -132,6 +144,7 @@ class FaultProxy:
         more: asyncio.Event,
         writer: asyncio.StreamWriter,
         tox: Toxics,
+        conn: _Conn,
     ) -> None:
         while True:
             while not queue:
@@ -143,7 +156,7 @@ class FaultProxy:
                 return
             while tox.mode == "hold":
                 await asyncio.sleep(0.02)
-            if tox.mode == "drop":
+            if tox.mode == "drop" or conn.frozen:
                 queue.popleft()  # held bytes of a link that then went dead are lost
                 continue
             wait = due - time.monotonic()
