@@ -7,6 +7,7 @@ whose veth link is set down (netns.py).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -120,7 +121,7 @@ def test_12_control_plane_down_at_boot(
     log = daemon.log_text().split("--- start 2", 1)[1]
     assert status == "completed", "the timer must fire without the control plane"
     assert log.count("cannot reach the control plane") == 1, log
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     ceilings = [min(60.0, 0.5 * 2**n) for n in range(len(gaps))]
     slack = 0.5  # the connect and the reset themselves
     assert len(gaps) >= 3
@@ -319,8 +320,11 @@ def test_13_partition(tmp_path: Path, daemons: Callable[..., Daemon], record: Re
         at_cp = cp.read("SELECT count(*) FROM events WHERE kind = 'run.completed'")[0][0]
         assert at_cp == 0
         net.up()
-        healed = wait_for(lambda: _all_completed(cp, runs) and daemon.status()["outbox"]["depth"] == 0,
-                          "delivery after the partition", timeout=120 + 3 * heartbeat)  # fmt: skip
+        healed = wait_for(
+            lambda: _all_completed(cp, runs) and daemon.status()["outbox"]["depth"] == 0,
+            "delivery after the partition",
+            timeout=120 + 3 * heartbeat,
+        )
         assert daemon.terminate() == 0
         verdict = check(cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=runs)
         record(13, partition_s=length, heartbeat_s=heartbeat, noticed_s=round(noticed, 1),
