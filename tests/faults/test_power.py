@@ -9,7 +9,9 @@ opens it (Python's sqlite3, quick_check at start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +60,22 @@ def _fresh(state_dir: Path) -> None:
 def _cut_power(vfs: PowerLossVFS, store: Any) -> dict[str, int]:
     """The machine dies: nothing more reaches the disk, not even the close."""
     vfs.fail = lambda op, path: IOERR_WRITE
-    try:
+    with contextlib.suppress(Exception):  # the close's own checkpoint fails, as it would
         store._conn.close()
-    except Exception:  # the close's own checkpoint fails, as it would
-        pass
     assert store._lock_fd is not None
     files.release_lock(store._lock_fd)
     store._lock_fd = None
     return vfs.power_loss()
+
+
+def _dies_after(writes: int) -> Callable[[str, str], int | None]:
+    left = [writes]
+
+    def fail(op: str, path: str) -> int | None:
+        left[0] -= op == "write"
+        return IOERR_WRITE if left[0] < 0 else None
+
+    return fail
 
 
 def _one_round(
@@ -82,13 +92,7 @@ def _one_round(
     tear = rng.random() < 0.5  # the power goes while a commit is being written
     for i in range(target + (1 if tear else 0)):
         if tear and i == target:
-            budget = [rng.randint(0, 3)]
-
-            def die_mid_write(op: str, path: str) -> int | None:
-                budget[0] -= op == "write"
-                return IOERR_WRITE if budget[0] < 0 else None
-
-            vfs.fail = die_mid_write
+            vfs.fail = _dies_after(rng.randint(0, 3))
         run_id = f"r{i:04d}"
         try:
             asyncio.run(runner.start("count", {"n": i}, run_id=run_id))
