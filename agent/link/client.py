@@ -12,8 +12,8 @@ comes within as long: a half-open link is found within two intervals) and
 the status reporter.
 
 Between sessions: capped, jittered backoff that resets after a healthy
-session, spread over at least ``reconnect_spread`` seconds once connected (a
-restarting control plane drops the whole fleet at once).  Close codes are
+session; once connected, never sooner than ``spread_delays`` (a restarting
+control plane drops the whole fleet at once).  Close codes are
 classified once (``classify_close``): 4401 and 4403 end the link for good
 and are recorded as ``auth_refused``/``revoked`` so that ``flow-agent
 status`` says so and nothing retries in a storm.
@@ -27,7 +27,7 @@ import logging
 import random as _random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,7 +42,7 @@ from agent.link.dispatch import Dispatcher
 from agent.link.outbox import Outbox
 from agent.link.state import LinkState, LinkStatus, write_link_status
 from agent.link.sync import FlowSync
-from agent.protocol.backoff import Backoff
+from agent.protocol.backoff import MAX_DELAY, Backoff
 from agent.protocol.errors import RemoteProtocolError
 from agent.protocol.frames import (
     Ack,
@@ -70,8 +70,8 @@ log = logging.getLogger("flow_agent.link")
 BATCH_EVENTS: Final = 500
 WINDOW_BATCHES: Final = 8  # unacknowledged batches in flight
 DEFAULT_HEARTBEAT: Final = 20.0
-# RFC 6455 7.2.3 asks for a random first reconnect delay (websockets: 0-5 s); 8 s keeps a
-# fleet whose control plane was down for up to ~2 s under a quarter per second coming back.
+# RFC 6455 7.2.3 asks for a random first reconnect delay (websockets: 0-5 s); over 8 s a
+# fleet comes back at an eighth of it per second on average, within 8 s of the restart.
 RECONNECT_SPREAD: Final = 8.0
 
 OpenWs = Callable[[str], Awaitable[ClientConnection]]
@@ -87,13 +87,21 @@ class LinkOptions:
     reconnect_spread: float = RECONNECT_SPREAD
 
 
-def spread_delay(delay: float, *, spread: float, random: Callable[[], float]) -> float:
-    """Widen a draw of ``uniform(0, ceiling)`` to ``uniform(0, max(ceiling, spread))``.
+def spread_delays(
+    *, spread: float, cap: float = MAX_DELAY, random: Callable[[], float]
+) -> Iterator[float]:
+    """Least delays of the attempts after a lost session: a random phase, then spread, 2x, 4x...
 
-    Redrawing only what falls below ``spread`` keeps the density ``1/ceiling``
-    when the ceiling is wider, so the backoff's ceiling need not be known.
+    The phase is drawn once and later attempts keep it, so a fleet that lost
+    its link at one instant stays spread over ``spread`` seconds however long
+    the control plane is away (a fresh draw per attempt piles the agents
+    refused meanwhile onto those that come on time).
     """
-    return delay if delay >= spread else random() * spread
+    yield random() * spread
+    step = spread
+    while True:
+        yield step
+        step = min(cap, step * 2)
 
 
 class _Down(Exception):
@@ -158,6 +166,7 @@ class Link:
         self._stop.set()
 
     async def run(self) -> LinkState:
+        spread: Iterator[float] | None = None  # after a session: this agent's reconnect phase
         while not self._stop.is_set():
             info, lasted = await self._attempt()
             if info is not None and info.terminal:
@@ -169,13 +178,12 @@ class Link:
                 return state
             if self._stop.is_set():
                 break
-            if lasted is not None:
+            if lasted is not None:  # the whole fleet may have lost its link at this instant
                 self.backoff.session_ended(lasted=lasted)
+                spread = spread_delays(spread=self.options.reconnect_spread, random=self.random)
             delay = self.backoff.next_delay()
-            if self.sessions:  # the whole fleet may have lost its link at this instant
-                delay = spread_delay(
-                    delay, spread=self.options.reconnect_spread, random=self.random
-                )
+            if spread is not None:
+                delay = max(delay, next(spread))
             log.debug("reconnecting in %.2f s", delay)
             try:
                 async with asyncio.timeout(delay):
@@ -548,4 +556,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
-__all__ = ["DEFAULT_HEARTBEAT", "RECONNECT_SPREAD", "Link", "LinkOptions", "spread_delay"]
+__all__ = ["DEFAULT_HEARTBEAT", "RECONNECT_SPREAD", "Link", "LinkOptions", "spread_delays"]

@@ -1,8 +1,9 @@
 """Reconnects are spread: a restarting control plane must not get its whole fleet back at once.
 
-``spread_delay`` is checked exactly with an injected random and statistically
-with a seeded one; the link is checked against the real control plane,
-restarted, with the delays it chose read from its log (no clock involved).
+``spread_delays`` is checked exactly with an injected random, and for a
+fleet with a seeded one (attempt times computed, no clock); the link is
+checked against the real control plane, restarted, with the delays it chose
+read from its log.
 """
 
 from __future__ import annotations
@@ -11,47 +12,61 @@ import asyncio
 import logging
 import random
 import re
-from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.daemon import Agent
 from agent.identity import load_private_key
-from agent.link.client import RECONNECT_SPREAD, Link, LinkOptions, spread_delay
+from agent.link.client import RECONNECT_SPREAD, Link, LinkOptions, spread_delays
 from agent.link.transport import link_url, open_link
 from agent.protocol.backoff import Backoff, delays
 
 from .linkhelpers import AgentUnderTest, Cp, until, within
 
-
-def test_a_narrow_draw_is_drawn_again_over_the_spread_a_wide_one_is_kept() -> None:
-    assert spread_delay(0.3, spread=8.0, random=lambda: 0.5) == 4.0
-    assert spread_delay(0.0, spread=8.0, random=lambda: 0.0) == 0.0
-    assert spread_delay(8.0, spread=8.0, random=lambda: 0.0) == 8.0
-    assert spread_delay(20.0, spread=8.0, random=lambda: 0.0) == 20.0
+FLEET = 200
 
 
-def test_reconnects_are_uniform_over_the_wider_of_spread_and_ceiling() -> None:
+def test_the_phase_is_drawn_once_then_the_steps_double_up_to_the_cap() -> None:
+    draws = iter([0.25, 0.9, 0.9])
+    got = spread_delays(spread=8.0, cap=60.0, random=lambda: next(draws))
+    assert [next(got) for _ in range(7)] == [2.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+
+
+def _back(schedule: Iterator[float], down_for: float) -> float:
+    """When an agent is back: its first attempt once the control plane listens again."""
+    at = 0.0
+    while at < down_for:
+        at += next(schedule)
+    return at - down_for
+
+
+def _busiest_second(times: list[float]) -> int:
+    times = sorted(times)
+    return max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+
+
+@pytest.mark.parametrize("down_for", [0.2, 1.5, 3.0, 6.0])
+def test_a_fleet_comes_back_spread_over_the_spread_however_long_the_outage(
+    down_for: float,
+) -> None:
     rng = random.Random(20261126)
-    draws = 40_000
 
-    # The first backoff window (0.5 s) is far narrower than the spread: uniform over 0-8 s.
-    narrow = [
-        spread_delay(next(delays(random=rng.random)), spread=RECONNECT_SPREAD, random=rng.random)
-        for _ in range(draws)
-    ]
-    assert max(narrow) < RECONNECT_SPREAD
-    per_second = Counter(int(d) for d in narrow)
-    assert sorted(per_second) == list(range(int(RECONNECT_SPREAD)))
-    for count in per_second.values():
-        assert abs(count / draws - 1 / RECONNECT_SPREAD) < 0.01
+    def spread() -> Iterator[float]:
+        return spread_delays(spread=RECONNECT_SPREAD, random=rng.random)
 
-    # A backoff ceiling of 32 s is wider: still uniform over 0-32 s, a quarter below 8 s.
-    wide = [spread_delay(rng.random() * 32, spread=8.0, random=rng.random) for _ in range(draws)]
-    assert max(wide) < 32
-    assert abs(sum(d < 8 for d in wide) / draws - 0.25) < 0.01
-    assert abs(sum(d >= 24 for d in wide) / draws - 0.25) < 0.01
+    back = [_back(spread(), down_for) for _ in range(FLEET)]
+    assert max(back) < RECONNECT_SPREAD
+    assert _busiest_second(back) <= FLEET // 4
+
+
+def test_full_jitter_alone_brings_the_fleet_back_in_a_herd() -> None:
+    """Why the spread exists: the backoff's first windows are 0.5 s and 1 s."""
+    rng = random.Random(20261126)
+    jitter: Callable[[], Iterator[float]] = lambda: delays(random=rng.random)  # noqa: E731
+    back = [_back(jitter(), 0.2) for _ in range(FLEET)]
+    assert _busiest_second(back) > FLEET // 2
 
 
 def _delays(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -87,7 +102,7 @@ async def test_the_link_spreads_reconnects_only_once_it_has_been_connected(
             url, ca_file=None, max_frame_bytes=1024 * 1024, open_timeout=5.0
         ),
         backoff=Backoff(random=lambda: 0.0),  # every backoff draw is 0 s
-        random=lambda: 0.5,  # every spread draw is half the spread: 0.2 s
+        random=lambda: 0.5,  # the phase is half the spread: 0.2 s
     )
     try:
         await cp.stop()
@@ -102,11 +117,11 @@ async def test_the_link_spreads_reconnects_only_once_it_has_been_connected(
                 caplog.clear()
 
                 await cp.stop()  # closes the link with 1012, as a restart does
-                await until(lambda: len(_delays(caplog)) >= 2, "a refused reconnect")
+                await until(lambda: len(_delays(caplog)) >= 3, "two refused reconnects")
                 await cp.start()
                 await until(lambda: link.sessions == 2, "the second session")
-                # After a session, every attempt waited the spread draw, not 0 s.
-                assert set(_delays(caplog)) == {"0.20"}
+                # After a session: the phase, then the spread, doubling; never the 0 s draws.
+                assert _delays(caplog)[:3] == ["0.20", "0.40", "0.80"]
             finally:
                 link.stop()
     finally:
