@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from agent.errors import AgentError
 from agent.flow.engine import Engine, InputInvalid, convert_inputs
 from agent.flow.model import Flow
 from agent.link.outbox import Outbox
@@ -94,6 +95,9 @@ class RunPool:
         except asyncio.CancelledError:
             # Stopping: the run's last step is committed; the next start resumes it.
             raise
+        except AgentError as exc:
+            # A known failure (a full disk, an I/O error) says what to do; no traceback.
+            log.error("run %s stopped: %s", run_id, exc)
         except Exception:
             log.exception("run %s stopped with an unexpected error", run_id)
         finally:

@@ -342,6 +342,12 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
+        # Where this process sees state_dir from here (its mount namespace may differ).
+        self.view: Callable[[], Path] | None = None
+
+    @property
+    def seen(self) -> Path:
+        return self.state_dir if self.view is None else self.view()
 
     def command(self) -> list[str]:
         run = [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(self.state_dir)]
@@ -395,10 +401,10 @@ class Daemon:
                 self.kill()
 
     def status(self) -> dict[str, Any]:
-        if not (self.state_dir / "state.db").exists():
+        if not (self.seen / "state.db").exists():
             return {"link": {"state": None}, "outbox": {"depth": None}, "identity": None}
         try:
-            return read_status(self.state_dir).to_json()
+            return read_status(self.seen).to_json()
         except Exception:  # a status read racing a start-up is retried by the caller
             return {"link": {"state": None}, "outbox": {"depth": None}, "identity": None}
 
@@ -420,7 +426,7 @@ class Daemon:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return read_db(self.state_dir / "state.db", sql, params)
+        return read_db(self.seen / "state.db", sql, params)
 
 
 def flow_doc(doc: dict[str, Any]) -> str:
@@ -434,6 +440,7 @@ def charge_flow(sink_url: str, *, flow_id: str = "charge", pause: float = 0.2) -
         "id": flow_id,
         "values": {
             "amount": {"type": "number", "access": "input", "default": 1},
+            "note": {"type": "string", "access": "input", "default": ""},
             "ticket": {"type": "string", "access": "output"},
             "receipt": {"type": "string", "access": "output"},
             "count": {"type": "number", "access": "output", "default": 0},

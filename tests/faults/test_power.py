@@ -130,13 +130,13 @@ def test_04_power_loss(
 
     Rounds of 1-120 acknowledged runs (each run one commit with its six
     outbox events), half of them cut in the middle of writing the next
-    commit, then the power goes (CI 15 rounds per mode, --long 300).  Pass:
+    commit, then the power goes (CI 6 rounds per mode, --long 300).  Pass:
     the database always opens (quick_check) and passes integrity_check;
     with ``synchronous=full`` every acknowledged run is there; with
     ``normal`` (the default) only a suffix of them may be missing, never a
     hole, and a run's state and its events are there together or not at all.
     """
-    rounds = int(scale(15, 300))
+    rounds = int(scale(6, 300))
     acked = kept = 0
     for index in range(rounds):
         figures = _one_round(tmp_path, rng, mode=mode, keep=keep, index=index)
