@@ -316,8 +316,9 @@ def test_ready_comes_after_the_api_and_the_first_sync_then_watchdog_and_stopping
     try:
         systemd.wait(_ready, "READY=1")
         # Ready means ready: the published flow is already here, the API answers.
-        assert daemon.cli("status", "--json").returncode == 0
-        status = json.loads(daemon.cli("status", "--json").stdout)
+        shown = daemon.cli("status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
         assert [f["id"] for f in status["flows"]] == ["hello"]
         assert status["lifecycle"]["state"] == "ready"
         assert daemon.get("/readyz") == (200, {"status": "ready"})
