@@ -229,8 +229,8 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def status_cmd(args: argparse.Namespace) -> int:
+    from agent.daemon_state import lifecycle_json, lifecycle_text, read_lifecycle
     from agent.link.status import format_status, read_status, status_json
-    from agent.supervisor import lifecycle_json, lifecycle_text, read_lifecycle
 
     settings = _settings(args)
     if not settings.state_dir.exists():

@@ -244,7 +244,7 @@ def health_cmd(args: argparse.Namespace) -> int:
         settings = _resolve(args).settings
         bound = None
         if settings.api_listen.endswith(":0"):
-            from agent.supervisor import read_meta  # only then: health must stay light
+            from agent.daemon_state import read_meta
 
             bound = read_meta(settings.state_dir, "api.url")
         host, port = probe_address(settings.api_listen, bound=bound)

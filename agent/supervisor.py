@@ -32,16 +32,13 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import fields, replace
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
 
 from agent import __version__
+from agent.daemon_state import LIFECYCLE_KEY
 from agent.errors import AgentError
 from agent.link.state import LinkState, read_link_status
 from agent.link.sync import FlowSync
@@ -51,7 +48,6 @@ from agent.metrics import AgentMetrics
 from agent.notify import Notifier, Progress, Watchdog
 from agent.protocol.frames import Activate, FlowAck, FlowPush
 from agent.settings import Settings
-from agent.store.files import DB_NAME
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -62,7 +58,6 @@ SYNC_SETTLE: Final = 0.3  # seconds without a flow frame after the inventory (at
 MAX_SYNC_SETTLE: Final = 5.0
 STARTUP_POLL: Final = 0.02
 REPORT_INTERVAL: Final = 1.0  # STATUS= line and gauges
-LIFECYCLE_KEY: Final = "daemon.lifecycle"
 
 # What a SIGHUP changes in a running agent; every other setting needs a restart.
 LIVE_SETTINGS: Final = frozenset(
@@ -475,59 +470,7 @@ class Signals:
         self._agent.lifecycle.reload()
 
 
-def read_meta(state_dir: Path, key: str) -> str | None:
-    """One ``meta`` value of a state directory, read without its lock (as ``status`` does)."""
-    path = state_dir / DB_NAME
-    if not path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return None
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
-
-
-def read_lifecycle(state_dir: Path) -> dict[str, Any] | None:
-    """The lifecycle record a daemon keeps in its store."""
-    text = read_meta(state_dir, LIFECYCLE_KEY)
-    try:
-        doc = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def lifecycle_json(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The lifecycle record as ``flow-agent status --json`` shows it."""
-    if doc is None:
-        return None
-    since = doc.get("since")
-    return {
-        "state": doc.get("state"),
-        "since": None
-        if not isinstance(since, int | float)
-        else datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds"),
-        "pid": doc.get("pid"),
-        "version": doc.get("version"),
-    }
-
-
-def lifecycle_text(doc: dict[str, Any]) -> str:
-    shown = lifecycle_json(doc) or {}
-    text = str(shown.get("state"))
-    if shown.get("since"):
-        text += f" since {shown['since']}"
-    return text + f" (flow-agent {shown.get('version')})"
-
-
 __all__ = [
-    "LIFECYCLE_KEY",
     "LIVE_SETTINGS",
     "Lifecycle",
     "Progress",
@@ -535,5 +478,4 @@ __all__ = [
     "Signals",
     "Watchdog",
     "WatchedSync",
-    "read_lifecycle",
 ]

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from link.linkhelpers import HELLO, AgentUnderTest, Cp, until, within
 
+from agent.daemon_state import lifecycle_json, read_lifecycle
 from agent.errors import UsageError
 from agent.link.outbox import OutboxObserver
 from agent.settings import Settings
-from agent.supervisor import Readiness, lifecycle_json, read_lifecycle
+from agent.supervisor import Readiness
 
 
 def test_readiness_names_what_it_waits_for_and_turns_off_when_stopping() -> None:
