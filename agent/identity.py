@@ -9,8 +9,13 @@ Two files in the state directory (0700), both 0600:
   when the pairing happened.  Its presence means "paired".
 
 Both are written atomically (a temporary file, fsync, rename, fsync of the
-directory), key first, so a crash leaves the old identity or the new one,
-never half of one.  The pairing token is stored nowhere.
+directory).  Re-pairing replaces both, and a crash must leave the old pair or
+the new pair, never the key of one with the identity of the other (the
+control plane would refuse that agent for good): the new key is written to
+``agent.key.next``, then ``identity.json``, which names its key's public
+half, is replaced (the commit point), then the key is renamed into place.
+``load_private_key`` finishes a rotation cut short after the commit point
+and discards one cut short before it.  The pairing token is stored nowhere.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import os
 import platform
 import socket
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,13 +36,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent import __version__
 from agent.errors import OperationError
-from agent.protocol.signing import load_public_key
+from agent.protocol.signing import load_public_key, public_key_b64
 from agent.store import files
 
 log = logging.getLogger("flow_agent.identity")
 
 IDENTITY_FILE: Final = "identity.json"
 KEY_FILE: Final = "agent.key"
+NEXT_KEY_FILE: Final = "agent.key.next"  # a new key whose identity is not committed yet
 _FIELDS: Final = ("agent_id", "tenant", "region", "url", "signing_key", "paired_at", "name")
 
 
@@ -52,6 +58,7 @@ class Identity:
     signing_key: str  # base64 raw Ed25519 public key of the control plane
     paired_at: str  # ISO 8601
     name: str  # the host name sent at pairing
+    public_key: str = ""  # base64 raw Ed25519 public half of agent.key ("" in older files)
 
     def cp_key(self) -> Ed25519PublicKey:
         return load_public_key(self.signing_key)
@@ -105,17 +112,63 @@ def write_private_file(path: Path, data: bytes) -> None:
         ) from exc
 
 
-def save_identity(state_dir: Path, identity: Identity, key: Ed25519PrivateKey) -> None:
-    """Store the key, then the identity (the commit point of a pairing)."""
+def save_identity(state_dir: Path, identity: Identity, key: Ed25519PrivateKey) -> Identity:
+    """Store the key and the identity (the commit point of a pairing); returns what was stored.
+
+    Order: the new key beside the old one, the identity naming it, the key
+    into place; see the module's docstring.
+    """
     files.prepare_dir(state_dir)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_private_file(state_dir / KEY_FILE, pem)
+    identity = replace(identity, public_key=public_key_b64(key))
+    write_private_file(state_dir / NEXT_KEY_FILE, pem)
     text = json.dumps(identity.to_json(), indent=2, sort_keys=True) + "\n"
     write_private_file(state_dir / IDENTITY_FILE, text.encode("utf-8"))
+    _install_next_key(state_dir)
+    return identity
+
+
+def _install_next_key(state_dir: Path) -> None:
+    try:
+        os.replace(state_dir / NEXT_KEY_FILE, state_dir / KEY_FILE)
+        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OperationError(
+            f"cannot install the new key {state_dir / KEY_FILE}: {exc.strerror or exc}",
+            hint="check that the state directory is writable by this user",
+        ) from exc
+
+
+def _finish_rotation(state_dir: Path) -> None:
+    """Install or drop an ``agent.key.next`` left by a re-pairing that was cut short."""
+    path = state_dir / NEXT_KEY_FILE
+    if not path.exists():
+        return
+    identity = load_identity(state_dir)
+    try:
+        candidate = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        candidate = None
+    if (
+        identity is not None
+        and identity.public_key
+        and isinstance(candidate, Ed25519PrivateKey)
+        and public_key_b64(candidate) == identity.public_key
+    ):
+        log.warning("finishing a re-pairing that was interrupted: installing its key")
+        _install_next_key(state_dir)
+    else:
+        log.warning("discarding the key of a re-pairing that was interrupted before it completed")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def load_identity(state_dir: Path) -> Identity | None:
@@ -131,7 +184,10 @@ def load_identity(state_dir: Path) -> Identity | None:
         doc = json.loads(text)
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in _FIELDS):
             raise ValueError("a field is missing or not text")
-        identity = Identity(**{k: doc[k] for k in _FIELDS})
+        public_key = doc.get("public_key", "")
+        if not isinstance(public_key, str):
+            raise ValueError("public_key is not text")
+        identity = Identity(**{k: doc[k] for k in _FIELDS}, public_key=public_key)
         identity.cp_key()
     except (ValueError, TypeError) as exc:
         raise OperationError(
@@ -142,6 +198,7 @@ def load_identity(state_dir: Path) -> Identity | None:
 
 
 def load_private_key(state_dir: Path) -> Ed25519PrivateKey:
+    _finish_rotation(state_dir)
     path = state_dir / KEY_FILE
     try:
         st = path.stat()
@@ -168,6 +225,7 @@ def load_private_key(state_dir: Path) -> Ed25519PrivateKey:
 __all__ = [
     "IDENTITY_FILE",
     "KEY_FILE",
+    "NEXT_KEY_FILE",
     "Identity",
     "host_facts",
     "load_identity",

@@ -235,7 +235,7 @@ async def pair(
         paired_at=datetime.now(UTC).isoformat(timespec="seconds"),
         name=host_facts()["hostname"],
     )
-    save_identity(state_dir, identity, key)
+    identity = save_identity(state_dir, identity, key)
     adopt_identity(store, identity)
     log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
     return PairResult(identity=identity, token=token)
