@@ -174,9 +174,10 @@ def test_28_rotation_killed_at_every_step(
     kills = 0
     for syscall in ("rename", "fsync"):
         for k in range(1, 12):
+            inject = f"inject={syscall}:signal=SIGKILL:when={k}"
+            pair = ["agent.cli", "pair", cp.token(), "--force", "--state-dir", str(state)]
             command = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-                       "-e", f"inject={syscall}:signal=SIGKILL:when={k}", sys.executable, "-m",
-                       "agent.cli", "pair", cp.token(), "--force", "--state-dir", str(state)]  # fmt: skip
+                       "-e", inject, sys.executable, "-m", *pair]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT,
                                   env=agent_env())  # fmt: skip
             if done.returncode == 0:
