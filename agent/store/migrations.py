@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from agent.errors import StoreError
 
-Migration = Callable[[Database], None]
+if TYPE_CHECKING:  # sqlite-utils is imported only when a migration runs
+    from sqlite_utils import Database
+
+Migration = Callable[["Database"], None]
 
 
 def _m001_initial(db: Database) -> None:

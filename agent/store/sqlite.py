@@ -39,8 +39,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from agent.errors import StoreError
 from agent.store import files
 from agent.store.base import (
@@ -62,7 +60,7 @@ from agent.store.connection import (
     sync_level,
     translate,
 )
-from agent.store.migrations import apply_migrations
+from agent.store.migrations import MIGRATIONS, apply_migrations, schema_version
 
 if TYPE_CHECKING:
     from agent.store.base import Store
@@ -164,14 +162,13 @@ class SqliteStore:
     def __init__(
         self,
         *,
-        db: Database,
+        conn: sqlite3.Connection,
         path: Path,
         lock_fd: int,
         clock: Callable[[], float],
         busy_timeout: float,
     ) -> None:
-        self._db = db  # sqlite-utils, for the schema; the hot paths use _conn
-        self._conn = db.conn
+        self._conn = conn  # prepared statements on the hot paths; sqlite-utils for migrations
         self.path = path
         self._lock_fd: int | None = lock_fd
         self._clock = clock
@@ -203,9 +200,13 @@ class SqliteStore:
             path = state_dir / files.DB_NAME
             files.prepare_db_file(path)
             conn = connect(path, level=level, busy_timeout=busy_timeout, clock=clock)
-            db = Database(conn, recursive_triggers=False, execute_plugins=False)
             try:
-                apply_migrations(db, path=str(path))
+                if schema_version(conn) != len(MIGRATIONS):
+                    # sqlite-utils (several MiB of imports) only when the schema moves.
+                    from sqlite_utils import Database
+
+                    db = Database(conn, recursive_triggers=False, execute_plugins=False)
+                    apply_migrations(db, path=str(path))
             except BaseException as exc:
                 conn.close()
                 if isinstance(exc, sqlite3.Error):
@@ -216,7 +217,7 @@ class SqliteStore:
         except BaseException:
             files.release_lock(lock_fd)
             raise
-        return cls(db=db, path=path, lock_fd=lock_fd, clock=clock, busy_timeout=busy_timeout)
+        return cls(conn=conn, path=path, lock_fd=lock_fd, clock=clock, busy_timeout=busy_timeout)
 
     # Transactions
 
