@@ -9,6 +9,8 @@ as its own process, agents as ``Agent`` objects on this process's event loop
 ``flow-agent run`` process for its memory.  Admin calls go over HTTP to the
 admin API, as ``flow-controlplane`` and an operator's scripts make them.
 
+(0) the disk: an fsync'd SQLite commit, as the control plane commits each run
+    and each handshake (it moves the figures below on a shared machine);
 (1) publish to active: from the admin publish call to the new version being
     active in the agent's store (the agent's sync hook, not a poll);
 (2) dispatch to completed: from the admin run request to the control plane
@@ -20,6 +22,9 @@ admin API, as ``flow-controlplane`` and an operator's scripts make them.
     how long until all are back, and how many come back in each second;
 (5) memory: VmRSS of the control plane process and of one ``flow-agent run``.
 
+The pieces: ``link_parts.py`` (processes, admin API, in-process agents) and
+``link_fleet.py`` (4).
+
 It exits 1, with no table, when something measured did not happen as it
 should (a run not completed, an event not acknowledged, an agent not back).
 """
@@ -29,20 +34,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 # bench/ is on the path of a script run from it
-from bench_report import Row, machine, mib, print_table, rss_bytes
+from bench_report import machine, mib, print_table
+from link_fleet import fleet_restart
 from link_parts import (
     Admin,
     AgentProcess,
@@ -50,22 +53,20 @@ from link_parts import (
     BenchError,
     CpProcess,
     LocalAgent,
+    Report,
     SyncWatch,
     commit_latency,
     kill_quietly,
-    pair_all,
+    ms,
     percentile,
     proc_cpu,
     proc_memory,
     until,
+    verdict,
     within,
 )
-from websockets.asyncio.client import ClientConnection
-
-from agent.link.client import Link
 
 TENANT: Final = "bench"
-FLEET_TENANT: Final = "fleet"
 FLOW_ID: Final = "bench-hello"
 # A small flow: one operator with a template, one end.
 FLOW: Final[dict[str, Any]] = {
@@ -87,8 +88,6 @@ FLOW: Final[dict[str, Any]] = {
 }
 PUBLISH_TARGET_MS: Final = 50.0
 DISPATCH_TARGET_MS: Final = 20.0
-BACK_TARGET_S: Final = 10.0
-ONE_SECOND_SHARE: Final = 0.25
 IN_FLIGHT: Final = 16  # admin requests in flight while dispatching the throughput runs
 
 
@@ -115,23 +114,6 @@ FULL: Final = Sizes(
 QUICK: Final = Sizes(
     warmup=2, publishes=10, dispatches=10, runs=100, fleet=20, process_runs=20, fsync_probes=20
 )
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, *args: str) -> None:
-        self.rows.append(Row(*args))
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}"
-
-
-def verdict(value: float, limit: float) -> str:
-    return "met" if value < limit else "MISSED"
 
 
 # -- (1), (2), (3): one agent -----------------------------------------------------------
@@ -301,133 +283,6 @@ async def one_agent(cp: CpProcess, admin: Admin, root: Path, sizes: Sizes, repor
     return version
 
 
-# -- (4) a fleet reconnecting after a restart --------------------------------------------
-
-
-async def fleet_restart(
-    cp: CpProcess, admin: Admin, root: Path, sizes: Sizes, report: Report
-) -> tuple[int, int]:
-    """(4); returns the control plane's RSS with the fleet connected, before and after."""
-    await admin.call("POST", "/admin/v1/tenants", {"name": FLEET_TENANT})
-    fleet = [LocalAgent(root / f"fleet-{i:03d}") for i in range(sizes.fleet)]
-    rss_before = rss_bytes() or 0
-    try:
-        await pair_all(fleet, admin, FLEET_TENANT)
-        async with asyncio.TaskGroup() as group:
-            for local in fleet:
-                local.start(group)
-            try:
-                await until(
-                    lambda: all(f.a.link.ready.is_set() for f in fleet), "the fleet to connect"
-                )
-                cp_rss = await _settled_rss(cp, admin, sizes.fleet)
-                per_agent = ((rss_bytes() or 0) - rss_before) / sizes.fleet
-                await _restart(cp, admin, fleet, report)
-                cp_rss_after = await _settled_rss(cp, admin, sizes.fleet)
-                report.add(
-                    "(5) RSS, agents in one process",
-                    f"{per_agent / 1024:,.0f}",
-                    "KiB/agent",
-                    "",
-                    f"this process's RSS growth over {sizes.fleet} connected Agent objects"
-                    " (store, runner, link, websocket each)",
-                )
-            finally:
-                await asyncio.gather(*(f.stop() for f in fleet))
-    finally:
-        for local in fleet:
-            local.close()
-    return cp_rss, cp_rss_after
-
-
-async def _settled_rss(cp: CpProcess, admin: Admin, count: int) -> int:
-    online = await _online(admin)
-    if online != count:
-        raise BenchError(f"the cp lists {online} agents online, not {count}")
-    return proc_memory(cp.pid)[0]
-
-
-async def _online(admin: Admin) -> int:
-    return sum(a["status"] == "online" for a in await admin.agents(FLEET_TENANT))
-
-
-def busiest_second(times: list[float]) -> int:
-    """The most of ``times`` (sorted) within any one second."""
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while t - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
-def tried_by(link: Link, i: int, tried: dict[int, float]) -> None:
-    """Note when ``link`` begins each connection attempt (its connect factory, wrapped)."""
-    inner = link.open_ws
-
-    def open_ws(url: str) -> Awaitable[ClientConnection]:
-        tried[i] = time.perf_counter()
-        return inner(url)
-
-    link.open_ws = open_ws
-
-
-async def _restart(cp: CpProcess, admin: Admin, fleet: list[LocalAgent], report: Report) -> None:
-    refused_before = sum(f.a.lifecycle.connect_failures for f in fleet)
-    back: dict[int, float] = {}
-    tried: dict[int, float] = {}  # when each agent last began to connect
-    for i, local in enumerate(fleet):
-        tried_by(local.a.link, i, tried)
-
-    async def watch() -> None:
-        # A session that reached READY counts as back; 5 ms is far finer than the 1 s bins.
-        while len(back) < len(fleet):
-            now = time.perf_counter()
-            for i, local in enumerate(fleet):
-                if i not in back and local.a.link.sessions >= 2:
-                    back[i] = now
-            await asyncio.sleep(0.005)
-
-    stop = time.perf_counter()
-    await cp.stop()
-    exited = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        group.create_task(within(watch(), "every agent to reconnect"))
-        up = await cp.start()
-    if await _online(admin) != len(fleet):
-        raise BenchError("the cp does not list the whole fleet online after the restart")
-    refused = sum(f.a.lifecycle.connect_failures for f in fleet) - refused_before
-    handshakes = [back[i] - tried[i] for i in back]
-    # The agents' side alone: when they began the attempts that succeeded.
-    attempts = busiest_second(sorted(tried.values())) / len(fleet)
-    times = sorted(t - up for t in back.values())
-    bins = Counter(math.floor(t) for t in times)
-    histogram = " ".join(
-        f"{s}s:{bins.get(s, 0)}" for s in range(min(bins), math.floor(times[-1]) + 1)
-    )
-    share = busiest_second(times) / len(fleet)
-    report.add(
-        f"(4) {len(fleet)} agents back after restart",
-        f"{times[-1]:.2f}",
-        "s",
-        f"< {BACK_TARGET_S:.0f}: {verdict(times[-1], BACK_TARGET_S)}",
-        f"from the restarted cp listening; {up - stop:.2f} s after SIGTERM"
-        f" (old process gone after {exited - stop:.2f} s); first back {times[0]:.2f} s,"
-        f" median {statistics.median(times):.2f} s; {refused} attempts refused while it was"
-        f" down; connect to READY p50 {ms(percentile(handshakes, 50))} ms,"
-        f" p99 {ms(percentile(handshakes, 99))} ms",
-    )
-    report.add(
-        "(4) most back in one second",
-        f"{share * 100:.0f}",
-        "% of agents",
-        f"<= {ONE_SECOND_SHARE * 100:.0f}: {'met' if share <= ONE_SECOND_SHARE else 'MISSED'}",
-        f"the busiest 1 s window, wherever it starts; back per second since the cp listened:"
-        f" {histogram}; the successful attempts began at most {attempts * 100:.0f} % in one"
-        " second",
-    )
-
-
 # -- (5) one agent as a process ------------------------------------------------------------
 
 
@@ -488,30 +343,38 @@ async def bench(sizes: Sizes, root: Path) -> Report:
         " the cp makes 3 per dispatched run and 2 per agent handshake",
     )
     cp = CpProcess(root / "cp", log=root / "cp.log")
-    await cp.start()
-    admin = Admin(cp.url, cp.admin_key())
     try:
-        idle, _ = proc_memory(cp.pid)
-        version = await one_agent(cp, admin, root, sizes, report)
-        after_runs, _ = proc_memory(cp.pid)
-        await agent_process(cp, admin, root, version, sizes, report)
-        before, after = await fleet_restart(cp, admin, root, sizes, report)
-        _, peak = proc_memory(cp.pid)
-        report.add(
-            "(5) RSS, flow-controlplane serve",
-            f"{after / 2**20:.1f}",
-            "MiB",
-            "",
-            f"restarted, {sizes.fleet} agents connected (peak {mib(peak)}), about"
-            f" {(after - idle) / sizes.fleet / 1024:,.0f} KiB per agent over idle ({mib(idle)});"
-            f" before the restart: after (1)-(3) {mib(after_runs)}, with the fleet {mib(before)}",
-        )
+        await cp.start()
+        admin = Admin(cp.url, cp.admin_key())
+        try:
+            report = await _against(cp, admin, root, sizes, report)
+        finally:
+            await admin.close()
     finally:
-        await admin.close()
         try:
             await cp.stop()
         finally:
             kill_quietly(cp.proc)
+    return report
+
+
+async def _against(cp: CpProcess, admin: Admin, root: Path, sizes: Sizes, report: Report) -> Report:
+    """Every benchmark but (0), against the running control plane."""
+    idle, _ = proc_memory(cp.pid)
+    version = await one_agent(cp, admin, root, sizes, report)
+    after_runs, _ = proc_memory(cp.pid)
+    await agent_process(cp, admin, root, version, sizes, report)
+    before, after = await fleet_restart(cp, admin, root, size=sizes.fleet, report=report)
+    _, peak = proc_memory(cp.pid)
+    report.add(
+        "(5) RSS, flow-controlplane serve",
+        f"{after / 2**20:.1f}",
+        "MiB",
+        "",
+        f"restarted, {sizes.fleet} agents connected (peak {mib(peak)}), about"
+        f" {(after - idle) / sizes.fleet / 1024:,.0f} KiB per agent over idle ({mib(idle)});"
+        f" before the restart: after (1)-(3) {mib(after_runs)}, with the fleet {mib(before)}",
+    )
     return report
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+from bench_report import Row
 
 from agent.daemon import Agent
 from agent.identity import load_identity, load_private_key
@@ -37,6 +38,24 @@ STEP: Final = 60.0  # guards against a hang; never part of a figure
 
 class BenchError(Exception):
     """Something the bench measures did not do what it should: its figure would mean nothing."""
+
+
+@dataclass
+class Report:
+    """The table's rows, in the order the benchmarks ran."""
+
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, *args: str) -> None:
+        self.rows.append(Row(*args))
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def verdict(value: float, limit: float) -> str:
+    return "met" if value < limit else "MISSED"
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -396,14 +415,17 @@ __all__ = [
     "BenchError",
     "CpProcess",
     "LocalAgent",
+    "Report",
     "SyncWatch",
     "child_env",
     "commit_latency",
     "kill_quietly",
+    "ms",
     "pair_all",
     "percentile",
     "proc_cpu",
     "proc_memory",
     "until",
+    "verdict",
     "within",
 ]
