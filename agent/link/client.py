@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection
@@ -524,7 +524,8 @@ class _SessionRunner:
             # Sending waits while the socket's buffer is full: a link that takes
             # nothing for a whole interval is as dead as one that answers nothing.
             async with asyncio.timeout(interval):
-                waiter = await self.ws.ping()
+                # websockets types it as an Awaitable; it is an asyncio.Future.
+                waiter = cast("asyncio.Future[float]", await self.ws.ping())
         except TimeoutError:
             log.warning("a ping could not be sent within %g s: the link is dead", interval)
             self.ws.transport.abort()
