@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent.errors import OperationError, UsageError
 from agent.secrets import MAX_VALUE_BYTES, SecretStore, check_name
@@ -24,7 +24,7 @@ from agent.store.sqlite import SqliteStore
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Any) -> None:
     """Wire ``secret`` and its three commands into the top-level parser."""
     p = sub.add_parser(
         "secret",

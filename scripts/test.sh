@@ -54,7 +54,7 @@ python -m pip install --quiet -e '.[test]'
 
 echo "== ruff"
 ruff check .
-echo "== mypy (strict on the pure core)"
-mypy agent/flow agent/protocol
+echo "== mypy (strict on the pure core, checked everywhere)"
+mypy agent controlplane
 echo "== pytest"
 pytest -q -p no:cacheprovider "$@"
