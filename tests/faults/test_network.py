@@ -8,6 +8,7 @@ whose veth link is set down (netns.py).
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -141,7 +142,7 @@ def test_14_half_open_link_is_detected_and_replaced(
     Pass: the agent notices within ping_interval + ping_timeout (with the
     defaults 20 s + 20 s; CI uses a 1 s heartbeat, so 2 s), then reconnects.
     """
-    heartbeat = 20.0 if LONG else 1.0
+    heartbeat = 20.0 if LONG else float(os.environ.get("FAULTS_HEARTBEAT", "1.0"))
     env = {} if LONG else {"FLOW_AGENT_HEARTBEAT": str(heartbeat)}
     p = proxied(heartbeat=heartbeat)
     daemon = daemons()
