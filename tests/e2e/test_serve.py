@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from agent.api.webhooks import sign
 from controlplane.client import AdminClient
 
 from .helpers import ROOT, wait_for
@@ -313,17 +315,7 @@ def test_a_connector_service_answers_wait_then_calls_back_and_the_run_completes(
 ) -> None:
     state = tmp_path / "agent"
     service_token = "service-token-for-the-example"
-    paired = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "pair", cp.token(), "--state-dir", str(state)],
-        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
-    )  # fmt: skip
-    assert paired.returncode == 0, paired.stderr
-    stored = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "secret", "set", "approvals-token",
-         "--state-dir", str(state)],
-        input=service_token, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
-    )  # fmt: skip
-    assert stored.returncode == 0, stored.stderr
+    _pair_with_secret(state, cp, "approvals-token", service_token)
     service = ConnectorService(service_token, delay=0.3)
     flow = json.loads((ROOT / "examples" / "connector-service" / "flow.json").read_text())
     flow["connectors"]["approvals"]["url"] = service.url
@@ -360,3 +352,61 @@ def test_a_connector_service_answers_wait_then_calls_back_and_the_run_completes(
         service.stop()
     assert code == 0, daemon.stderr()
     assert service_token not in daemon.stderr()
+
+
+def _pair_with_secret(state: Path, cp: ControlPlane, name: str, value: str) -> None:
+    """``flow-agent pair``, then ``flow-agent secret set NAME`` (the value on stdin)."""
+    paired = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "pair", cp.token(), "--state-dir", str(state)],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
+    )  # fmt: skip
+    assert paired.returncode == 0, paired.stderr
+    stored = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "secret", "set", name, "--state-dir", str(state)],
+        input=value, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
+    )  # fmt: skip
+    assert stored.returncode == 0, stored.stderr
+
+
+def test_a_signed_webhook_starts_a_run_through_the_daemon(tmp_path: Path, cp: ControlPlane) -> None:
+    state = tmp_path / "agent"
+    secret = "hook-secret-value-for-the-e2e"
+    _pair_with_secret(state, cp, "hook-secret", secret)
+    signed = {**HELLO, "id": "signed", "triggers": [{"webhook": True, "secret": "hook-secret"}]}
+    daemon = Daemon(state)
+    try:
+        url = daemon.url()
+        cp.publish(signed)
+        wait_for(
+            lambda: http("GET", f"{url}/api/v1/flows")[1].get("flows") != [],
+            what="the flow to sync",
+        )
+        body = json.dumps({"name": "signed"}).encode()
+        stamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Flow-Timestamp": stamp,
+            "X-Flow-Signature": sign(secret, stamp, body),
+        }
+
+        def post(with_headers: dict[str, str]) -> tuple[int, Any]:
+            request = urllib.request.Request(
+                f"{url}/api/v1/hooks/signed", data=body, method="POST", headers=with_headers
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=20) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        status, result = post(headers)
+        assert status == 201 and result["outputs"] == {"greeting": "Hello, signed!"}, result
+        status, replayed = post(headers)
+        assert status == 409 and replayed["type"].endswith(":delivery_replayed")
+        status, unsigned = post({"Content-Type": "application/json"})
+        assert status == 401 and unsigned["type"].endswith(":signature_missing")
+        wait_for(partial(cp.reported, str(result["run_id"]), "completed"), what="the report")
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.stderr()
+    assert secret not in daemon.stderr()
