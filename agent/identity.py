@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent import __version__
 from agent.errors import OperationError
+from agent.hardening import forbid_core_dumps
 from agent.protocol.signing import load_public_key, public_key_b64
 from agent.store import files
 
@@ -198,6 +199,7 @@ def load_identity(state_dir: Path) -> Identity | None:
 
 
 def load_private_key(state_dir: Path) -> Ed25519PrivateKey:
+    forbid_core_dumps()  # the key is about to be in this process's memory
     _finish_rotation(state_dir)
     path = state_dir / KEY_FILE
     try:

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent.errors import ConfigError, OperationError, StoreError, UsageError
 from agent.flow.parse import SECRET_NAME
+from agent.hardening import forbid_core_dumps
 from agent.store.connection import translate
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class KeySource:
 
     def get(self, *, create: bool) -> bytes:
         if self._key is None:
+            forbid_core_dumps()  # the key, and the secrets it opens, enter this process
             if create and not self.supplied:
                 self._key = create_key_file(self.path)
             else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,14 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in made:
         daemon.kill()
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A directory every user can enter, so only the state directory's own modes protect it."""
+    base = Path(tempfile.mkdtemp(prefix="fa-modes-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)

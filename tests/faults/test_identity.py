@@ -11,8 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,17 +83,6 @@ def test_25_pairing_token_reused_or_expired(
     record(25, refused=["reused", "expired"], token_files_wiped=3, token_in_logs_or_files=0)
 
 
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    """A directory every user can enter, so only the state directory's own modes protect it."""
-    base = Path(tempfile.mkdtemp(prefix="fa-modes-"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base)
-
-
 def _as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                            *command], capture_output=True, text=True, timeout=30)  # fmt: skip
@@ -115,13 +103,14 @@ def test_27_file_modes_after_pairing(
     token = open_base / "token"
     token.write_text(cp.token())
     assert _pair("--token-file", str(token), "--state-dir", str(state), umask=0).returncode == 0
+    secret = subprocess.run([sys.executable, "-m", "agent.cli", "secret", "set", "k",
+                             "--state-dir", str(state)], input="v" * 20, text=True,
+                            capture_output=True, cwd=ROOT, env=agent_env(), timeout=60)  # fmt: skip
+    assert secret.returncode == 0, secret.stderr
     daemon = Daemon(state, log=open_base / "agent.log")
     daemon.start()
     try:
         wait_for(daemon.connected, "the agent to connect", timeout=60)
-        subprocess.run([sys.executable, "-m", "agent.cli", "secret", "set", "k", "--state-dir",
-                        str(state)], input="v" * 20, text=True, capture_output=True, cwd=ROOT,
-                       env=agent_env(), timeout=60)  # fmt: skip
         files = sorted(p for p in state.rglob("*") if p.is_file())
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
