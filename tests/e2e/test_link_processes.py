@@ -45,6 +45,7 @@ def _free_port() -> int:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOW_AGENT_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["FLOW_AGENT_API_LISTEN"] = "127.0.0.1:0"  # never the default port another agent may hold
     env.update(extra)
     return env
 
