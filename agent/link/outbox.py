@@ -54,6 +54,10 @@ def connection(store: SqliteStore) -> sqlite3.Connection:
     return conn
 
 
+# One encoder for every event: json.dumps with options builds a new one per call.
+_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
@@ -128,7 +132,7 @@ class Outbox:
                 (last,) = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
                 rows = []
                 for offset, event in enumerate(events, start=1):
-                    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+                    data = _ENCODE(event.data)
                     rows.append((last + offset, event.kind, event.run_id, event.at, data))
                 self._conn.executemany(
                     "INSERT INTO outbox (seq, kind, run_id, at, data) VALUES (?, ?, ?, ?, ?)", rows
