@@ -287,12 +287,13 @@ class Runner:
                 self.store.update_run(
                     state.run_id, status=state.status, state=text, wake_at=wake_at
                 )
-            self.observer.committed(
-                result=engine.result(state),
-                previous=previous,
-                visits=step.visits,
-                parent_id=parent_id,
-            )
+            if not isinstance(self.observer, NullObserver):  # else: no result to build
+                self.observer.committed(
+                    result=engine.result(state),
+                    previous=previous,
+                    visits=step.visits,
+                    parent_id=parent_id,
+                )
 
     async def _drive(self, engine: Engine, step: Step, *, notify: bool = True) -> RunState:
         """Execute commands until the run ends or waits on something slow.
