@@ -56,6 +56,8 @@ EVENT_KINDS: Final = frozenset(
 )
 # Kinds after which a run no longer changes by itself (waiting needs a person or a timer).
 RUN_END_KINDS: Final = frozenset({"run.completed", "run.failed", "run.cancelled"})
+# The agent's secret names (agent.flow.parse.SECRET_NAME), checked before anything is opened.
+_SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,6 +246,43 @@ class Status(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SealedSecret:
+    """``agent.protocol.sealing.seal``'s output: base64url ``epk``, ``nonce``, ``ct``."""
+
+    v: int
+    alg: str
+    epk: str
+    nonce: str
+    ct: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretPush(Message):
+    """Frame type ``secret``: one secret sealed to the receiving agent.
+
+    ``name`` is in clear so the acknowledgement can name it; the sealed body
+    carries it too, and the agent refuses the frame when the two differ.
+    """
+
+    TYPE: ClassVar[str] = "secret"
+    name: str
+    sealed: SealedSecret
+
+    def problems(self) -> list[str]:
+        return [] if _SECRET_NAME.fullmatch(self.name) else ["name is not a valid secret name"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretAck(Message):
+    """``reason`` when refused: no_sealing_key, sealed_invalid, store_failed."""
+
+    TYPE: ClassVar[str] = "secret_ack"
+    name: str
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ErrorFrame(Message):
     """Frame type ``error``: the peer's frame was refused."""
 
@@ -268,6 +307,8 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Events,
         Ack,
         Status,
+        SecretPush,
+        SecretAck,
         ErrorFrame,
     )
 }
@@ -545,6 +586,9 @@ __all__ = [
     "JSONObject",
     "Message",
     "RunAck",
+    "SealedSecret",
+    "SecretAck",
+    "SecretPush",
     "StartRun",
     "Status",
     "Welcome",

@@ -69,6 +69,8 @@ SENDERS: Final[Mapping[str, frozenset[Role]]] = {
     "events": _AGENT,
     "ack": _CP,
     "status": _AGENT,
+    "secret": _CP,
+    "secret_ack": _AGENT,
     "error": _BOTH,
 }
 

@@ -37,6 +37,9 @@ from agent.protocol.frames import (
     Inventory,
     Message,
     RunAck,
+    SealedSecret,
+    SecretAck,
+    SecretPush,
     StartRun,
     Status,
     Welcome,
@@ -79,6 +82,11 @@ EXAMPLES: list[Message] = [
         runs={"running": 1},
         outbox_depth=0,
     ),
+    SecretPush(
+        name="api.token",
+        sealed=SealedSecret(v=1, alg="X25519-HKDF-SHA256-A256GCM", epk="ZQ", nonce="bg", ct="Yw"),
+    ),
+    SecretAck(name="api.token", ok=False, reason="sealed_invalid"),
     ErrorFrame(code="bad_field", message="nope"),
 ]
 
