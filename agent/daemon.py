@@ -54,6 +54,7 @@ from agent.link.pairing import (
     read_token_file,
     wipe_token_file,
 )
+from agent.link.secret_inbox import SecretReceiver
 from agent.link.state import LinkState, read_link_status
 from agent.link.transport import check_plaintext, link_url, open_link, ssl_context
 from agent.logs import LogContextObserver, RedactingSecrets, add_secret, configure_logging
@@ -92,6 +93,7 @@ class Agent:
         lifecycle: Lifecycle | None = None,
         serve_api: bool = False,
         callbacks: CallbackIssuer | None = None,
+        vault: SecretStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -160,6 +162,15 @@ class Agent:
             open_ws=self._open,
             mono=mono,
             clock=clock,
+            # Without a secret store (tests, embedding) sealed secrets are refused.
+            on_secret=None
+            if vault is None
+            else SecretReceiver(
+                store=vault,
+                state_dir=settings.state_dir,
+                agent_id=identity.agent_id,
+                learn=add_secret,
+            ),
         )
         self.ready = asyncio.Event()  # serving (readiness is self.lifecycle.readiness)
         self.stop_requested = asyncio.Event()
@@ -486,6 +497,7 @@ async def _run(
                 lifecycle=lifecycle,
                 serve_api=True,
                 callbacks=callbacks,
+                vault=vault,
             )
         except (PairingFailed, StoreError):
             raise  # the network or the disk: a restart may well help

@@ -116,6 +116,7 @@ class AdminApi:
             web.get(f"{t}/agents", self.list_agents),
             web.get(t + "/agents/{agent_id}", self.get_agent),
             web.post(t + "/agents/{agent_id}/revoke", self.revoke),
+            web.post(t + "/agents/{agent_id}/secrets", self.send_secret),
             web.get(t + "/agents/{agent_id}/events", self.events),
             web.get(f"{t}/flows", self.list_flows),
             web.post(f"{t}/flows", self.publish),
@@ -166,6 +167,16 @@ class AdminApi:
     async def revoke(self, request: web.Request) -> web.Response:
         agent = await self.cp.revoke(request.match_info["tenant"], request.match_info["agent_id"])
         return web.json_response(agent.to_json())
+
+    async def send_secret(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        sent = await self.cp.send_secret(
+            request.match_info["tenant"],
+            request.match_info["agent_id"],
+            name=body.get("name"),
+            value=body.get("value"),
+        )
+        return web.json_response(sent)
 
     async def events(self, request: web.Request) -> web.Response:
         tenant, agent_id = request.match_info["tenant"], request.match_info["agent_id"]

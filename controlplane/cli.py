@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import re
@@ -275,6 +276,31 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_secret_value(stdin: Any = None) -> str:
+    """The value from stdin (one trailing newline dropped), or a hidden prompt on a terminal."""
+    stream = sys.stdin if stdin is None else stdin
+    if stream.isatty():
+        value = getpass.getpass("secret value: ")
+    else:
+        value = stream.read()
+        if value.endswith("\n"):
+            value = value[:-2] if value.endswith("\r\n") else value[:-1]
+    if not value:
+        raise UsageError(
+            "no secret value on stdin",
+            hint="pipe it in: ... | flow-controlplane secret set NAME ...",
+        )
+    return value
+
+
+def cmd_secret_set(args: argparse.Namespace) -> int:
+    value = read_secret_value()
+    path = f"{_tenant(args)}/agents/{path_part(args.agent)}/secrets"
+    _client(args).call("POST", path, {"name": args.name, "value": value})
+    print(f"{args.name} stored on {args.agent}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -412,6 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent_id", metavar="AGENT_ID")
     p.add_argument("--tenant", required=True, metavar="NAME")
     p.set_defaults(handler=cmd_revoke)
+
+    secret = sub.add_parser("secret", help="send secrets to agents, sealed")
+    ssub = secret.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=_Parser, required=True
+    )
+    p = ssub.add_parser(
+        "set",
+        parents=[admin],
+        help="seal a secret (value on stdin) to one online agent",
+        description="Read the value from stdin (never from the command line), seal it to "
+        "the agent's key and send it; the agent stores it encrypted. The control plane "
+        "keeps no copy; the agent must be online.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--tenant", required=True, metavar="NAME")
+    p.add_argument("--agent", required=True, metavar="AGENT_ID")
+    p.set_defaults(handler=cmd_secret_set)
     return parser
 
 

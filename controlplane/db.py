@@ -111,6 +111,10 @@ MIGRATIONS: Final[list[str]] = [
     CREATE INDEX runs_tenant ON runs(tenant, created_at);
     CREATE INDEX runs_agent ON runs(agent_id, acked);
     """,
+    # 2: the agent's X25519 key for sealed secrets (NULL: paired before sealed secrets).
+    """
+    ALTER TABLE agents ADD COLUMN sealing_key TEXT;
+    """,
 ]
 
 

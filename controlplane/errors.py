@@ -60,6 +60,20 @@ class FlowRejected(ControlPlaneError):
     code = "flow_invalid"
 
 
+class SecretRefused(ControlPlaneError):
+    """The agent could not open or store a sealed secret; the message says why."""
+
+    status = 422
+    code = "secret_refused"
+
+
+class AgentNoAnswer(ControlPlaneError):
+    """An online agent did not answer in time; what it did is unknown."""
+
+    status = 504
+    code = "agent_no_answer"
+
+
 class TokenRefused(ControlPlaneError):
     """Pairing refused: ``code`` is token_used, token_expired or token_unknown."""
 

@@ -32,6 +32,8 @@ from agent.protocol.frames import (
     Inventory,
     Message,
     RunAck,
+    SecretAck,
+    SecretPush,
     StartRun,
     Status,
     Welcome,
@@ -40,6 +42,7 @@ from agent.protocol.frames import (
 from agent.protocol.session import CloseCode, Role, Session, SessionState
 from agent.protocol.signing import load_public_key, new_nonce, verify_auth
 from controlplane.db import Database
+from controlplane.errors import Conflict
 from controlplane.settings import Settings
 from controlplane.store import ActiveFlow, AgentRecord, RunRecord, Store
 
@@ -127,6 +130,8 @@ class Hub:
         self.settings = settings
         self.on_run_change = on_run_change
         self.connections: dict[str, AgentConnection] = {}
+        # (agent id, secret name) -> the agent's secret_ack, awaited by send_secret.
+        self._secret_acks: dict[tuple[str, str], asyncio.Future[SecretAck]] = {}
 
     def tenant_connections(self, tenant: str) -> list[AgentConnection]:
         return [c for c in self.connections.values() if c.agent.tenant == tenant and c.ready]
@@ -144,6 +149,29 @@ class Hub:
                 ok = await conn.send(frame) and ok
             reached += ok
         return reached
+
+    async def send_secret(
+        self, conn: AgentConnection, frame: SecretPush, *, timeout: float
+    ) -> SecretAck | None:
+        """Send a sealed secret and wait for its ``secret_ack``; None when none came."""
+        key = (conn.agent.id, frame.name)
+        if key in self._secret_acks:
+            raise Conflict(
+                f"secret {frame.name!r} is already being sent to agent {conn.agent.id!r}",
+                code="secret_in_flight",
+                hint="wait for that request to finish, then try again",
+            )
+        waiter: asyncio.Future[SecretAck] = asyncio.get_running_loop().create_future()
+        self._secret_acks[key] = waiter
+        try:
+            if not await conn.send(frame):
+                return None
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            del self._secret_acks[key]
 
     async def disconnect(self, agent_id: str, *, code: int, reason: str) -> bool:
         conn = self.connections.get(agent_id)
@@ -313,6 +341,13 @@ class Hub:
                         agent.id, version=frame.agent_version, report=report
                     )
                 )
+            case SecretAck(name=name, ok=ok, reason=reason):
+                # The name only: the value never reached this process in clear.
+                if not ok:
+                    log.warning("agent %s refused secret %s: %s", agent.id, name, reason)
+                waiter = self._secret_acks.get((agent.id, name))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(frame)
             case ErrorFrame(code=code, message=message):
                 log.warning("agent %s refused a frame: %s %s", agent.id, code, message)
             case _:  # pragma: no cover - the session lets nothing else through

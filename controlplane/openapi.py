@@ -137,6 +137,28 @@ def openapi_document() -> dict[str, Any]:
                 params=(*T, "agent_id"),
             )
         },
+        base + "/agents/{agent_id}/secrets": {
+            "post": _op(
+                "Seal a secret to one online agent and wait until it stored it",
+                (
+                    "200",
+                    _obj(
+                        ["agent_id", "name", "stored"],
+                        agent_id=STR,
+                        name=STR,
+                        stored={"type": "boolean"},
+                    ),
+                    "stored by the agent, encrypted; the control plane kept no value",
+                ),
+                body=_obj(
+                    ["name", "value"],
+                    name=STR,
+                    value={**STR, "description": "sealed to the agent, never stored here"},
+                ),
+                errors=("400", "401", "404", "409", "422", "504"),
+                params=(*T, "agent_id"),
+            )
+        },
         base + "/agents/{agent_id}/events": {
             "get": _op(
                 "Events stored for an agent, by seq",
@@ -256,7 +278,8 @@ def openapi_document() -> dict[str, Any]:
                     ("401", "missing or wrong admin key"),
                     ("404", "unknown tenant, agent, flow or run"),
                     ("409", "conflict (exists, no agent online, run ended)"),
-                    ("422", "invalid flow; issues lists path and message"),
+                    ("422", "invalid flow (issues lists path and message), or refused secret"),
+                    ("504", "the agent did not answer in time"),
                 )
             },
             "schemas": {

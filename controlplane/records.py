@@ -51,6 +51,7 @@ class AgentRecord:
     last_seen: float | None
     last_seq: int
     status_report: dict[str, Any] | None
+    sealing_key: str | None = None  # X25519, base64url; None: paired before sealed secrets
 
     @property
     def status(self) -> str:
@@ -83,6 +84,7 @@ class AgentRecord:
             last_seen=row["last_seen"],
             last_seq=row["last_seq"],
             status_report=loads_or_none(row["status"]),
+            sealing_key=row["sealing_key"],
         )
 
 

@@ -20,9 +20,10 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UsageError
 from agent.protocol.errors import KeyInvalid
-from agent.protocol.frames import CancelRun, FlowPush
+from agent.protocol.frames import CancelRun, FlowPush, SealedSecret, SecretPush
+from agent.protocol.sealing import SealedSecretInvalid, check_name, load_sealing_public_key, seal
 from agent.protocol.session import CloseCode
 from agent.protocol.signing import (
     PairingToken,
@@ -38,7 +39,14 @@ from agent.protocol.signing import (
     token_secret_hash,
 )
 from controlplane.db import Database
-from controlplane.errors import BadRequest, Conflict, FlowRejected, NotFound
+from controlplane.errors import (
+    AgentNoAnswer,
+    BadRequest,
+    Conflict,
+    FlowRejected,
+    NotFound,
+    SecretRefused,
+)
 from controlplane.hub import AgentConnection, Hub, flow_frames, start_run_frame
 from controlplane.settings import DEFAULT_TOKEN_TTL, Settings
 from controlplane.store import (
@@ -60,6 +68,8 @@ LOCK_FILE: Final = ".lock"
 NAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENDED: Final = frozenset({"completed", "failed", "cancelled", "refused"})
+SECRET_ACK_TIMEOUT: Final = 15.0
+_REPAIR: Final = "re-pair the agent to enable sealed secrets (flow-agent pair with a new token)"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -189,12 +199,22 @@ class ControlPlane:
             raise BadRequest("name must be text of 1-255 characters")
         if not isinstance(facts, dict):
             raise BadRequest("facts must be an object")
+        sealing_key = body.get("sealing_key")
+        if sealing_key is not None:
+            # Optional: agents from before sealed secrets do not send one.
+            if not isinstance(sealing_key, str):
+                raise BadRequest("sealing_key must be text (base64url X25519 public key)")
+            try:
+                load_sealing_public_key(sealing_key)
+            except SealedSecretInvalid as exc:
+                raise BadRequest(f"sealing_key is not usable: {exc.message}") from None
         agent = await self.db.run(
             lambda: self.store.pair(
                 secret_hash=token_secret_hash(secret),
                 public_key=public_key,
                 name=name,
                 facts=facts,
+                sealing_key=sealing_key,
             )
         )
         log.info("agent %s paired to tenant %s", agent.id, agent.tenant)
@@ -211,6 +231,65 @@ class ControlPlane:
         await self.hub.disconnect(agent_id, code=CloseCode.REVOKED, reason="agent revoked")
         log.info("agent %s revoked", agent_id)
         return agent
+
+    # -- secrets --------------------------------------------------------------
+
+    async def send_secret(
+        self, tenant: str, agent_id: str, *, name: object, value: object
+    ) -> dict[str, Any]:
+        """Seal ``value`` to one online agent and wait until it stored it.
+
+        The plain value lives only in this call: it is neither stored nor
+        logged, and nothing is queued for an agent that is offline.
+        """
+        if not isinstance(name, str):
+            raise BadRequest("name (the secret's name) is required")
+        if not isinstance(value, str):
+            raise BadRequest("value must be text")
+        try:
+            check_name(name)
+        except UsageError as exc:
+            raise BadRequest(exc.message, hint=exc.hint) from None
+        agent = await self.db.run(lambda: self.store.tenant_agent(tenant, agent_id))
+        if agent.revoked:
+            raise Conflict(f"agent {agent_id!r} is revoked", code="agent_revoked")
+        if agent.sealing_key is None:
+            raise Conflict(
+                f"agent {agent_id!r} has no sealing key: it was paired before sealed secrets",
+                code="no_sealing_key",
+                hint=_REPAIR,
+            )
+        conn = self.hub.connection(agent_id)
+        if conn is None:
+            raise Conflict(
+                f"agent {agent_id!r} is offline; secrets are sent only to a connected agent",
+                code="agent_offline",
+                hint="start it (flow-agent run) and try again",
+            )
+        try:
+            sealed = seal(agent.sealing_key, agent_id=agent.id, name=name, value=value)
+        except UsageError as exc:
+            raise BadRequest(exc.message) from None
+        except SealedSecretInvalid:
+            raise Conflict(
+                f"the stored sealing key of agent {agent_id!r} is not usable",
+                code="no_sealing_key",
+                hint=_REPAIR,
+            ) from None
+        frame = SecretPush(name=name, sealed=SealedSecret(**sealed))
+        ack = await self.hub.send_secret(conn, frame, timeout=SECRET_ACK_TIMEOUT)
+        if ack is None:
+            raise AgentNoAnswer(
+                f"agent {agent_id!r} did not confirm secret {name!r}",
+                hint="check the agent's log; setting the secret again is safe",
+            )
+        if not ack.ok:
+            raise SecretRefused(
+                f"agent {agent_id!r} refused secret {name!r}: {ack.reason}",
+                hint=_REPAIR if ack.reason == "no_sealing_key" else None,
+            )
+        log.info("secret %s sealed to agent %s and stored there", name, agent_id)
+        return {"agent_id": agent_id, "name": name, "stored": True}
 
     # -- flows ----------------------------------------------------------------
 

@@ -84,7 +84,13 @@ class Store:
         return now + ttl
 
     def pair(
-        self, *, secret_hash: str, public_key: str, name: str, facts: dict[str, Any]
+        self,
+        *,
+        secret_hash: str,
+        public_key: str,
+        name: str,
+        facts: dict[str, Any],
+        sealing_key: str | None = None,
     ) -> AgentRecord:
         """Consume the token and register the agent, both or neither."""
         now = self.clock()
@@ -116,8 +122,8 @@ class Store:
                 (now, agent_id, secret_hash),
             )
             conn.execute(
-                "INSERT INTO agents(id, tenant, name, public_key, facts, version, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO agents(id, tenant, name, public_key, facts, version, created_at,"
+                " sealing_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     agent_id,
                     token["tenant"],
@@ -126,6 +132,7 @@ class Store:
                     dumps(facts),
                     facts.get("agent_version"),
                     now,
+                    sealing_key,
                 ),
             )
         found = self.get_agent(agent_id)

@@ -56,6 +56,8 @@ from agent.protocol.frames import (
     Hello,
     Inventory,
     Message,
+    SecretAck,
+    SecretPush,
     StartRun,
     Status,
     Welcome,
@@ -138,8 +140,10 @@ class Link:
         mono: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
         random: Callable[[], float] = _random.random,
+        on_secret: Callable[[SecretPush], SecretAck] | None = None,
     ) -> None:
         self.identity = identity
+        self.on_secret = on_secret  # opens and stores sealed secrets (link.secret_inbox)
         self.key = key
         self.store = store
         self.outbox = outbox
@@ -475,6 +479,11 @@ class _SessionRunner:
                 await self.send(await link.dispatcher.start_run(msg))
             case CancelRun():
                 await link.dispatcher.cancel_run(msg)
+            case SecretPush():
+                if link.on_secret is None:
+                    await self.send(SecretAck(name=msg.name, ok=False, reason="store_failed"))
+                else:
+                    await self.send(link.on_secret(msg))
             case Ack(seq=seq):
                 self._on_ack(seq)
             case ErrorFrame(code=code, message=message):

@@ -39,6 +39,7 @@ from agent.link.transport import (
     ssl_context,
 )
 from agent.protocol.errors import KeyInvalid
+from agent.protocol.sealing import public_key_text
 from agent.protocol.signing import (
     PairingToken,
     check_signing_key,
@@ -46,6 +47,7 @@ from agent.protocol.signing import (
     parse_token,
     public_key_b64,
 )
+from agent.secrets import load_sealing_key
 from agent.store.sqlite import SqliteStore
 
 log = logging.getLogger("flow_agent.pairing")
@@ -146,8 +148,12 @@ async def request_pairing(
     ca_file: Path | None,
     allow_plaintext: bool,
     timeout: float = 30.0,
+    sealing_key: str | None = None,
 ) -> dict[str, Any]:
-    """Send the token and the public key; returns the control plane's answer (checked)."""
+    """Send the token and the public key; returns the control plane's answer (checked).
+
+    ``sealing_key`` (X25519, base64url) lets the control plane seal secrets to this agent.
+    """
     encrypted = check_plaintext(token.url, allow_plaintext=allow_plaintext)
     context = ssl_context(ca_file) if encrypted else None
     facts = host_facts()
@@ -157,6 +163,8 @@ async def request_pairing(
         "name": facts["hostname"],
         "facts": facts,
     }
+    if sealing_key is not None:
+        body["sealing_key"] = sealing_key
     url = endpoint(token.url, PAIR_PATH)
     try:
         status, payload = await _post(url, body, context=context, timeout=timeout)
@@ -204,12 +212,15 @@ async def pair(
     """Pair this state directory with the tenant behind ``text`` (a token)."""
     token = parse_token(text)
     key = generate_private_key()
+    # Kept across re-pairings: secrets sealed to this host stay openable.
+    sealing = load_sealing_key(state_dir, create=True)
     answer = await request_pairing(
         token,
         public_key=public_key_b64(key),
         ca_file=ca_file,
         allow_plaintext=allow_plaintext,
         timeout=timeout,
+        sealing_key=public_key_text(sealing),
     )
     try:
         check_signing_key(expected_fp=token.fp, signing_key=answer["signing_key"])
