@@ -137,7 +137,8 @@ class Runner:
         self.store = store
         self.catalog = catalog
         self.connectors = connectors
-        self.secrets: Mapping[str, str] = secrets or {}
+        # Not `secrets or {}`: an empty secret store is falsy, and fills up later.
+        self.secrets: Mapping[str, str] = {} if secrets is None else secrets
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
         self.inline_wait = inline_wait  # timers due within this many seconds are slept through
