@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__)
     parser.add_argument("--long", action="store_true", help="the large counts")
     parser.add_argument("--figures", type=Path, help="append the figures (JSON lines) here")
-    parser.add_argument("--no-evidence", action="store_true",
-                        help="skip the existing tests counted as evidence")  # fmt: skip
+    parser.add_argument(
+        "--no-evidence", action="store_true", help="skip the existing tests counted as evidence"
+    )
     args, rest = parser.parse_known_args(argv)
     here = Path(__file__).resolve().parent
     figures = args.figures or Path(tempfile.mkstemp(prefix="faults-", suffix=".jsonl")[1])

@@ -109,8 +109,10 @@ def check(
     if first_pending is not None:
         verdict.problems.append(f"undelivered: seqs {first_pending}..{last} still in the outbox")
     elif max(have, default=0) != last:
-        verdict.problems.append(f"lost events: control plane has up to {max(have, default=0)}"
-                                f", the agent numbered {last}")  # fmt: skip
+        verdict.problems.append(
+            f"lost events: control plane has up to {max(have, default=0)}"
+            f", the agent numbered {last}"
+        )
     if any(s > last for s in have):
         verdict.problems.append(f"invented events: the control plane has seqs above {last}")
 

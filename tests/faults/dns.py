@@ -89,8 +89,16 @@ class LoopbackResolver(AbstractResolver):
         for kind in kinds:
             for address in await self._ask(host, kind):
                 fam = socket.AF_INET6 if ":" in address else socket.AF_INET
-                found.append({"hostname": host, "host": address, "port": port, "family": fam,
-                              "proto": 0, "flags": socket.AI_NUMERICHOST})  # fmt: skip
+                found.append(
+                    {
+                        "hostname": host,
+                        "host": address,
+                        "port": port,
+                        "family": fam,
+                        "proto": 0,
+                        "flags": socket.AI_NUMERICHOST,
+                    }
+                )
         if not found:
             raise OSError(f"{host} has no address")
         return found

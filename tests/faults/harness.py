@@ -448,22 +448,33 @@ def charge_flow(sink_url: str, *, flow_id: str = "charge", pause: float = 0.2) -
         "connectors": {"erp": {"type": "http", "base_url": sink_url, "timeout": 30}},
         "start": "prepare",
         "elements": {
-            "prepare": {"type": "operator", "operations": [{"add": "count", "by": 1}],
-                        "next": "charge"},
+            "prepare": {
+                "type": "operator",
+                "operations": [{"add": "count", "by": 1}],
+                "next": "charge",
+            },
             "charge": {
-                "type": "message", "connector": "erp", "action": "POST /charge",
-                "body": {"amount": {"ref": "amount"}}, "outputs": {"ticket": "body.id"},
-                "retry": {"attempts": 5, "backoff": 0.2}, "next": "pause",
+                "type": "message",
+                "connector": "erp",
+                "action": "POST /charge",
+                "body": {"amount": {"ref": "amount"}},
+                "outputs": {"ticket": "body.id"},
+                "retry": {"attempts": 5, "backoff": 0.2},
+                "next": "pause",
             },
             "pause": {"type": "wait", "seconds": pause, "next": "notify"},
             "notify": {
-                "type": "message", "connector": "erp", "action": "POST /notify",
-                "body": {"ticket": {"ref": "ticket"}}, "outputs": {"receipt": "body.id"},
-                "retry": {"attempts": 5, "backoff": 0.2}, "next": "done",
+                "type": "message",
+                "connector": "erp",
+                "action": "POST /notify",
+                "body": {"ticket": {"ref": "ticket"}},
+                "outputs": {"receipt": "body.id"},
+                "retry": {"attempts": 5, "backoff": 0.2},
+                "next": "done",
             },
             "done": {"type": "end"},
         },
-    }  # fmt: skip
+    }
 
 
 CHARGE_EFFECTS = 2  # connector visits of one run of ``charge_flow``

@@ -63,8 +63,10 @@ class Netns:
             _ip("link", "add", net.cp_if, "type", "veth", "peer", "name", net.agent_if)
             _ip("link", "set", net.cp_if, "netns", net.cp)
             _ip("link", "set", net.agent_if, "netns", net.agent)
-            for ns, dev, addr in ((net.cp, net.cp_if, net.cp_addr),
-                                  (net.agent, net.agent_if, net.agent_addr)):  # fmt: skip
+            for ns, dev, addr in (
+                (net.cp, net.cp_if, net.cp_addr),
+                (net.agent, net.agent_if, net.agent_addr),
+            ):
                 _ip("-n", ns, "link", "set", "lo", "up")
                 _ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
                 _ip("-n", ns, "link", "set", dev, "up")

@@ -48,8 +48,9 @@ def _rst(writer: asyncio.StreamWriter) -> None:
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, *, upstream_host: str = "127.0.0.1",
-                 host: str = "127.0.0.1") -> None:  # fmt: skip
+    def __init__(
+        self, upstream_port: int, *, upstream_host: str = "127.0.0.1", host: str = "127.0.0.1"
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
         self.port = 0

@@ -36,39 +36,85 @@ FIXTURES = Path(__file__).with_name("fixtures")
 PLACEHOLDER = "http://127.0.0.1:9"
 CLOCK = 1_800_000_000.0
 
-_VALUES = {"note": {"type": "string", "access": "output", "default": ""},
-           "n": {"type": "number", "access": "input", "default": 1}}  # fmt: skip
+_VALUES = {
+    "note": {"type": "string", "access": "output", "default": ""},
+    "n": {"type": "number", "access": "input", "default": 1},
+}
 
 FLOWS: list[dict[str, Any]] = [
-    {"format": "flow/v1", "id": "approve", "version": 1, "values": _VALUES, "start": "ask",
-     "elements": {
-         "ask": {"type": "page", "title": "n = {{ n }}", "fields": [{"value": "note",
-                 "label": "Note"}], "outcomes": [{"id": "ok", "next": "done"},
-                 {"id": "no", "next": "refuse"}]},
-         "done": {"type": "end"},
-         "refuse": {"type": "end", "status": "failed", "message": "refused: {{ note }}"}}},
-    {"format": "flow/v1", "id": "later", "version": 1, "values": _VALUES, "start": "nap",
-     "elements": {
-         "nap": {"type": "wait", "seconds": 3600, "next": "twice"},
-         "twice": {"type": "operator", "operations": [{"multiply": "n", "by": 2},
-                   {"set": "note", "to": "woke with {{ n }}"}], "next": "done"},
-         "done": {"type": "end"}}},
-    {"format": "flow/v1", "id": "call", "version": 1,
-     "values": {**_VALUES, "ticket": {"type": "string", "access": "output"}},
-     "connectors": {"erp": {"type": "http", "base_url": PLACEHOLDER}}, "start": "post",
-     "elements": {
-         "post": {"type": "message", "connector": "erp", "action": "POST /tickets",
-                  "body": {"n": {"ref": "n"}}, "outputs": {"ticket": "body.id"},
-                  "next": "done"},
-         "done": {"type": "end"}}},
-    {"format": "flow/v1", "id": "parent", "version": 1,
-     "values": {**_VALUES, "child_note": {"type": "string", "access": "output"}},
-     "start": "sub",
-     "elements": {
-         "sub": {"type": "subflow", "flow": "approve", "inputs": {"n": {"ref": "n"}},
-                 "outputs": {"child_note": "note"}, "next": "done"},
-         "done": {"type": "end"}}},
-]  # fmt: skip
+    {
+        "format": "flow/v1",
+        "id": "approve",
+        "version": 1,
+        "values": _VALUES,
+        "start": "ask",
+        "elements": {
+            "ask": {
+                "type": "page",
+                "title": "n = {{ n }}",
+                "fields": [{"value": "note", "label": "Note"}],
+                "outcomes": [{"id": "ok", "next": "done"}, {"id": "no", "next": "refuse"}],
+            },
+            "done": {"type": "end"},
+            "refuse": {"type": "end", "status": "failed", "message": "refused: {{ note }}"},
+        },
+    },
+    {
+        "format": "flow/v1",
+        "id": "later",
+        "version": 1,
+        "values": _VALUES,
+        "start": "nap",
+        "elements": {
+            "nap": {"type": "wait", "seconds": 3600, "next": "twice"},
+            "twice": {
+                "type": "operator",
+                "operations": [
+                    {"multiply": "n", "by": 2},
+                    {"set": "note", "to": "woke with {{ n }}"},
+                ],
+                "next": "done",
+            },
+            "done": {"type": "end"},
+        },
+    },
+    {
+        "format": "flow/v1",
+        "id": "call",
+        "version": 1,
+        "values": {**_VALUES, "ticket": {"type": "string", "access": "output"}},
+        "connectors": {"erp": {"type": "http", "base_url": PLACEHOLDER}},
+        "start": "post",
+        "elements": {
+            "post": {
+                "type": "message",
+                "connector": "erp",
+                "action": "POST /tickets",
+                "body": {"n": {"ref": "n"}},
+                "outputs": {"ticket": "body.id"},
+                "next": "done",
+            },
+            "done": {"type": "end"},
+        },
+    },
+    {
+        "format": "flow/v1",
+        "id": "parent",
+        "version": 1,
+        "values": {**_VALUES, "child_note": {"type": "string", "access": "output"}},
+        "start": "sub",
+        "elements": {
+            "sub": {
+                "type": "subflow",
+                "flow": "approve",
+                "inputs": {"n": {"ref": "n"}},
+                "outputs": {"child_note": "note"},
+                "next": "done",
+            },
+            "done": {"type": "end"},
+        },
+    },
+]
 
 # (run id, flow, inputs, how it is driven on after the stop)
 RUNS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
@@ -95,16 +141,23 @@ class _Hang:
 def runner(store: SqliteStore, registry: Any, clock: Callable[[], float]) -> Runner:
     observer = OutboxObserver(Outbox(store), clock=clock)
     catalog = TimedCatalog(store, clock=clock)
-    return Runner(store=store, catalog=catalog, connectors=registry, observer=observer,
-                  clock=clock)  # fmt: skip
+    return Runner(store=store, catalog=catalog, connectors=registry, observer=observer, clock=clock)
 
 
 def store_flows(store: SqliteStore) -> None:
     for doc in FLOWS:
         flow = parse_flow(doc)
-        store.put_flow(FlowRecord(flow_id=flow.id, version=flow.version,
-                                  definition=canonical_json(flow.definition), sha256=flow.sha256,
-                                  active=True, signature=None, received_at=CLOCK))  # fmt: skip
+        store.put_flow(
+            FlowRecord(
+                flow_id=flow.id,
+                version=flow.version,
+                definition=canonical_json(flow.definition),
+                sha256=flow.sha256,
+                active=True,
+                signature=None,
+                received_at=CLOCK,
+            )
+        )
 
 
 async def drive_on(run: Runner, run_id: str, how: dict[str, Any]) -> dict[str, Any]:

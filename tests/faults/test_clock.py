@@ -51,16 +51,20 @@ async def test_18_clock_jumps_a_day_forward_and_back(tmp_path: Path, record: Rec
             a = await agent.start()
             for doc in (HELLO, wait_flow(600), CRON):
                 await cp.publish(doc)
-            await until(lambda: all(a.sync.is_synced(f) for f in ("hello", "sleepy", "minutely")),
-                        "flows synced")  # fmt: skip
+            await until(
+                lambda: all(a.sync.is_synced(f) for f in ("hello", "sleepy", "minutely")),
+                "flows synced",
+            )
             done = [(await cp.cp.dispatch_run("acme", flow="hello"))[0].id for _ in range(5)]
             sleepy = [(await cp.cp.dispatch_run("acme", flow="sleepy"))[0].id for _ in range(3)]
             await until(lambda: len(_runs(agent, "sleepy")) == 3, "timers armed")
             cron_before = len(_runs(agent, "minutely"))
 
             traveller.shift(dt.timedelta(days=1))
-            await until(lambda: {s for _, s in _runs(agent, "sleepy")} == {"completed"},
-                        "the timers to fire after the jump")  # fmt: skip
+            await until(
+                lambda: {s for _, s in _runs(agent, "sleepy")} == {"completed"},
+                "the timers to fire after the jump",
+            )
             await asyncio.sleep(2.0)  # four heartbeats, several timer scans
             cron_after = len(_runs(agent, "minutely"))
             assert a.link.sessions == 1, "a wall-clock jump cost the link"
@@ -83,8 +87,14 @@ async def test_18_clock_jumps_a_day_forward_and_back(tmp_path: Path, record: Rec
             await agent.stop()
             await cp.stop()
     missed_day = cron_after - cron_before
-    record(18, jump_days=[1, -1], sessions=1, timers_fired_once=len(sleepy),
-           completed_not_rerun=len(done), schedule_runs_for_missed_day=missed_day)  # fmt: skip
+    record(
+        18,
+        jump_days=[1, -1],
+        sessions=1,
+        timers_fired_once=len(sleepy),
+        completed_not_rerun=len(done),
+        schedule_runs_for_missed_day=missed_day,
+    )
 
 
 async def test_18_an_expired_pairing_token_after_a_jump(tmp_path: Path) -> None:
@@ -126,8 +136,11 @@ async def test_18_certificates_outside_their_validity(
     ca = trustme.CA()
     now = dt.datetime.now(dt.UTC)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", not_before=now + dt.timedelta(days=window[0]),
-                  not_after=now + dt.timedelta(days=window[1])).configure_cert(context)  # fmt: skip
+    ca.issue_cert(
+        "127.0.0.1",
+        not_before=now + dt.timedelta(days=window[0]),
+        not_after=now + dt.timedelta(days=window[1]),
+    ).configure_cert(context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     cp = await Cp(tmp_path / "cp", tls=context).start()

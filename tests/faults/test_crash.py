@@ -54,9 +54,12 @@ def _settle(cp: ControlPlaneThread, daemon: Daemon, runs: list[str], *, timeout:
 
 
 def test_01_random_sigkill_during_runs(
-    cp: ControlPlaneThread, sink: Sink, daemons: Callable[..., Daemon], rng: random.Random,
+    cp: ControlPlaneThread,
+    sink: Sink,
+    daemons: Callable[..., Daemon],
+    rng: random.Random,
     record: Record,
-) -> None:  # fmt: skip
+) -> None:
     """Case 1. Random SIGKILL during flows, N times (6 in CI, 200 with --long).
 
     Each round: start the agent, dispatch 1-3 runs of a flow with two
@@ -87,9 +90,13 @@ def test_01_random_sigkill_during_runs(
     _settle(cp, daemon, dispatched, timeout=120 + len(dispatched))
     assert daemon.terminate() == 0, daemon.log_text()[-2000:]
     verdict = check(
-        cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=dispatched, sink=sink,
+        cp=cp,
+        agent_id=agent_id,
+        state_dir=daemon.state_dir,
+        dispatched=dispatched,
+        sink=sink,
         effects_per_run=CHARGE_EFFECTS,
-    )  # fmt: skip
+    )
     assert "Traceback" not in daemon.log_text()
     record(1, sigkills=daemon.kills, seconds=round(time.monotonic() - started), **verdict.figures())
 
@@ -130,18 +137,25 @@ def test_02_kill_after_the_http_call_before_the_commit(
     _settle(cp, daemon, dispatched, timeout=120)
     assert daemon.terminate() == 0
     verdict = check(
-        cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=dispatched, sink=sink,
+        cp=cp,
+        agent_id=agent_id,
+        state_dir=daemon.state_dir,
+        dispatched=dispatched,
+        sink=sink,
         effects_per_run=CHARGE_EFFECTS,
-    )  # fmt: skip
+    )
     repeats = [k for k in sink.effects if sum(r.key == k for r in sink.requests) > 1]
     assert len(repeats) == len(killed) == rounds * CHARGE_EFFECTS  # every killed call was retried
     record(2, kills=len(killed), **verdict.figures())
 
 
 def test_03_kill_after_the_commit_before_the_report(
-    tmp_path: os.PathLike[str], harness: LoopThread, sink: Sink,
-    daemons: Callable[..., Daemon], record: Record,
-) -> None:  # fmt: skip
+    tmp_path: os.PathLike[str],
+    harness: LoopThread,
+    sink: Sink,
+    daemons: Callable[..., Daemon],
+    record: Record,
+) -> None:
     """Case 3. Kill after commit, before report (and after report, before the ack).
 
     A fault proxy between agent and control plane first holds everything the
@@ -187,9 +201,13 @@ def test_03_kill_after_the_commit_before_the_report(
         _settle(cp, daemon, dispatched, timeout=120)
         assert daemon.terminate() == 0
         verdict = check(
-            cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=dispatched,
-            sink=sink, effects_per_run=CHARGE_EFFECTS,
-        )  # fmt: skip
+            cp=cp,
+            agent_id=agent_id,
+            state_dir=daemon.state_dir,
+            dispatched=dispatched,
+            sink=sink,
+            effects_per_run=CHARGE_EFFECTS,
+        )
         record(3, **verdict.figures())
     finally:
         cp.stop()
@@ -254,9 +272,13 @@ def test_08_a_second_agent_on_the_same_state_directory(
     _settle(cp, first, [run_id], timeout=60)
     assert first.terminate() == 0
     verdict = check(
-        cp=cp, agent_id=agent_id, state_dir=first.state_dir, dispatched=[run_id], sink=sink,
+        cp=cp,
+        agent_id=agent_id,
+        state_dir=first.state_dir,
+        dispatched=[run_id],
+        sink=sink,
         effects_per_run=CHARGE_EFFECTS,
-    )  # fmt: skip
+    )
     assert len(sink.requests) == CHARGE_EFFECTS
     record(8, second_exit=second.returncode, **verdict.figures())
 

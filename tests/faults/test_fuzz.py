@@ -111,14 +111,21 @@ def test_30_memory_stays_bounded(record: Record) -> None:
 
 def _flow_of(size: int, depth: int) -> dict[str, Any]:
     elements: dict[str, Any] = {
-        f"e{i}": {"type": "operator", "next": f"e{i + 1}",
-                  "operations": [{"set": "v", "to": {"expr": "(" * depth + "1" + ")" * depth}}]}
+        f"e{i}": {
+            "type": "operator",
+            "next": f"e{i + 1}",
+            "operations": [{"set": "v", "to": {"expr": "(" * depth + "1" + ")" * depth}}],
+        }
         for i in range(size)
-    }  # fmt: skip
+    }
     elements[f"e{size}"] = {"type": "end"}
-    return {"format": "flow/v1", "id": "big",
-            "values": {"v": {"type": "number", "access": "output"}},
-            "start": "e0", "elements": elements}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "big",
+        "values": {"v": {"type": "number", "access": "output"}},
+        "start": "e0",
+        "elements": elements,
+    }
 
 
 @settings(max_examples=8 if not LONG else 60, deadline=None)
@@ -158,9 +165,14 @@ def test_30_hostile_frames_over_the_real_link(
     wait_for(daemon.connected, "connect", timeout=60)
     agent_id = daemon.agent_id()
     pid, before = daemon.pid, _rss(daemon.pid)
-    frames = ["\x00garbage", "{" * 10, _frame('"' + "x" * (5 * 2**20) + '"'),
-              _frame('"' + "y" * (9 * 2**20) + '"'), _frame("[" * 1_000_000),
-              _frame('{"a":' * 100 + "1" + "}" * 100)]  # fmt: skip
+    frames = [
+        "\x00garbage",
+        "{" * 10,
+        _frame('"' + "x" * (5 * 2**20) + '"'),
+        _frame('"' + "y" * (9 * 2**20) + '"'),
+        _frame("[" * 1_000_000),
+        _frame('{"a":' * 100 + "1" + "}" * 100),
+    ]
 
     async def blast(plane: ControlPlane) -> int:
         conn = plane.hub.connection(agent_id)
@@ -187,5 +199,9 @@ def test_30_hostile_frames_over_the_real_link(
     assert peak - before < 64 * 2**20, (before, peak)
     assert "Traceback" not in daemon.log_text()
     assert daemon.terminate() == 0
-    record(30, frames_sent=sent, rss_before_mib=round(before / 2**20, 1),
-           rss_after_mib=round(peak / 2**20, 1))  # fmt: skip
+    record(
+        30,
+        frames_sent=sent,
+        rss_before_mib=round(before / 2**20, 1),
+        rss_after_mib=round(peak / 2**20, 1),
+    )

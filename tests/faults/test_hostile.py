@@ -27,31 +27,54 @@ OUT = {"v": {"type": "string", "access": "output", "default": ""}}
 
 
 def _set(to: Any) -> dict[str, Any]:
-    return {"format": "flow/v1", "id": "hostile", "values": OUT, "start": "s",
-            "elements": {"s": {"type": "operator", "operations": [{"set": "v", "to": to}],
-                               "next": "done"}, "done": {"type": "end"}}}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "hostile",
+        "values": OUT,
+        "start": "s",
+        "elements": {
+            "s": {"type": "operator", "operations": [{"set": "v", "to": to}], "next": "done"},
+            "done": {"type": "end"},
+        },
+    }
 
 
 def _loop() -> dict[str, Any]:
-    return {"format": "flow/v1", "id": "hostile", "start": "a",
-            "elements": {"a": {"type": "decision", "outcomes": [{"next": "b"}]},
-                         "b": {"type": "decision", "outcomes": [{"next": "a"}]}}}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "hostile",
+        "start": "a",
+        "elements": {
+            "a": {"type": "decision", "outcomes": [{"next": "b"}]},
+            "b": {"type": "decision", "outcomes": [{"next": "a"}]},
+        },
+    }
 
 
 def _recursive() -> dict[str, Any]:
-    return {"format": "flow/v1", "id": "hostile", "start": "again",
-            "elements": {"again": {"type": "subflow", "flow": "hostile", "next": "done"},
-                         "done": {"type": "end"}}}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "hostile",
+        "start": "again",
+        "elements": {
+            "again": {"type": "subflow", "flow": "hostile", "next": "done"},
+            "done": {"type": "end"},
+        },
+    }
 
 
 def _fan_out() -> dict[str, Any]:
     """A loop that starts a child run on every turn."""
-    return {"format": "flow/v1", "id": "hostile",
-            "values": {"n": {"type": "number", "access": "output", "default": 0}},
-            "start": "child",
-            "elements": {"child": {"type": "subflow", "flow": "leaf", "next": "count"},
-                         "count": {"type": "operator", "operations": [{"add": "n", "by": 1}],
-                                   "next": "child"}}}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "hostile",
+        "values": {"n": {"type": "number", "access": "output", "default": 0}},
+        "start": "child",
+        "elements": {
+            "child": {"type": "subflow", "flow": "leaf", "next": "count"},
+            "count": {"type": "operator", "operations": [{"add": "n", "by": 1}], "next": "child"},
+        },
+    }
 
 
 LEAF = {"format": "flow/v1", "id": "leaf", "start": "done", "elements": {"done": {"type": "end"}}}
@@ -146,9 +169,23 @@ def test_31_bombs_under_a_hard_memory_cap(tmp_path: Path) -> None:
     for name in ("string bomb", "range bomb", "nested loops"):
         flow = tmp_path / f"{name.replace(' ', '-')}.json"
         flow.write_text(json.dumps(CASES[name][0]))
-        done = subprocess.run(["prlimit", "--as=1073741824", sys.executable, "-m", "agent.cli",
-                               "exec", str(flow), "--json"], capture_output=True, text=True,
-                              timeout=60, cwd=ROOT, env=agent_env())  # fmt: skip
+        done = subprocess.run(
+            [
+                "prlimit",
+                "--as=1073741824",
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "exec",
+                str(flow),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=agent_env(),
+        )
         assert done.returncode == 1, (name, done.stderr[-500:])
         assert json.loads(done.stdout)["status"] == "failed"
         assert "MemoryError" not in done.stderr and "Traceback" not in done.stderr

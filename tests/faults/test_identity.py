@@ -28,9 +28,15 @@ def _pair(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[s
         if umask is not None:
             os.umask(umask)
 
-    return subprocess.run([sys.executable, "-m", "agent.cli", "pair", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT, env=agent_env(),
-                          preexec_fn=set_umask)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "pair", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=agent_env(),
+        preexec_fn=set_umask,
+    )
 
 
 def _everything_under(*dirs: Path) -> bytes:
@@ -57,8 +63,11 @@ def test_25_pairing_token_reused_or_expired(
     secret = token.rsplit(".", 1)[-1]
     outputs: list[str] = []
     codes: dict[str, int] = {}
-    for name, text, state in (("first", token, "a"), ("reused", token, "b"),
-                              ("expired", expired, "c")):  # fmt: skip
+    for name, text, state in (
+        ("first", token, "a"),
+        ("reused", token, "b"),
+        ("expired", expired, "c"),
+    ):
         file = tmp_path / f"{name}.token"
         file.write_text(text + "\n")
         done = _pair("--token-file", str(file), "--state-dir", str(tmp_path / state))
@@ -84,12 +93,18 @@ def test_25_pairing_token_reused_or_expired(
 
 
 def _as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                           *command], capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="reading as another user needs root and setpriv")  # fmt: skip
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="reading as another user needs root and setpriv",
+)
 def test_27_file_modes_after_pairing(
     open_base: Path, cp: ControlPlaneThread, record: Record
 ) -> None:
@@ -103,9 +118,15 @@ def test_27_file_modes_after_pairing(
     token = open_base / "token"
     token.write_text(cp.token())
     assert _pair("--token-file", str(token), "--state-dir", str(state), umask=0).returncode == 0
-    secret = subprocess.run([sys.executable, "-m", "agent.cli", "secret", "set", "k",
-                             "--state-dir", str(state)], input="v" * 20, text=True,
-                            capture_output=True, cwd=ROOT, env=agent_env(), timeout=60)  # fmt: skip
+    secret = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "secret", "set", "k", "--state-dir", str(state)],
+        input="v" * 20,
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        env=agent_env(),
+        timeout=60,
+    )
     assert secret.returncode == 0, secret.stderr
     daemon = Daemon(state, log=open_base / "agent.log")
     daemon.start()
@@ -165,10 +186,23 @@ def test_28_rotation_killed_at_every_step(
         for k in range(1, 12):
             inject = f"inject={syscall}:signal=SIGKILL:when={k}"
             pair = ["agent.cli", "pair", cp.token(), "--force", "--state-dir", str(state)]
-            command = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-                       "-e", inject, sys.executable, "-m", *pair]  # fmt: skip
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT,
-                                  env=agent_env())  # fmt: skip
+            command = [
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                f"trace={syscall}",
+                "-e",
+                inject,
+                sys.executable,
+                "-m",
+                *pair,
+            ]
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=60, cwd=ROOT, env=agent_env()
+            )
             if done.returncode == 0:
                 break  # fewer than k such calls: the rotation completed
             kills += 1

@@ -68,15 +68,27 @@ def test_17_duplicated_reordered_and_old_messages(
     _send(cp, agent_id, [*versions[0], *versions[2], *versions[1]])
     _send(cp, agent_id, [Ack(seq=1), Ack(seq=1), Ack(seq=2)])
     wait_for(lambda: daemon.log_text().count("is not newer than version 3") >= 2, "the warnings")
-    wait_for(lambda: _completed(cp, run_id) and daemon.status()["outbox"]["depth"] == 0,
-             "the run reported", timeout=60)  # fmt: skip
+    wait_for(
+        lambda: _completed(cp, run_id) and daemon.status()["outbox"]["depth"] == 0,
+        "the run reported",
+        timeout=60,
+    )
     assert _active(daemon) == 3
-    warnings = [line for line in daemon.log_text().splitlines()
-                if "WARNING" in line and "is not newer than version 3" in line]  # fmt: skip
+    warnings = [
+        line
+        for line in daemon.log_text().splitlines()
+        if "WARNING" in line and "is not newer than version 3" in line
+    ]
     assert len(warnings) == 2  # versions 1 and 2, each once
     assert daemon.terminate() == 0
-    verdict = check(cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=[run_id],
-                    sink=sink, effects_per_run=CHARGE_EFFECTS)  # fmt: skip
+    verdict = check(
+        cp=cp,
+        agent_id=agent_id,
+        state_dir=daemon.state_dir,
+        dispatched=[run_id],
+        sink=sink,
+        effects_per_run=CHARGE_EFFECTS,
+    )
     assert len(sink.requests) == CHARGE_EFFECTS
     record(17, start_run_repeats=3, old_pushes=2, warnings=len(warnings), **verdict.figures())
 

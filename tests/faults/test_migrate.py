@@ -23,8 +23,10 @@ from agent.store.sqlite import SqliteStore
 from .conftest import LONG, Record
 from .harness import ROOT, agent_env
 
-OPEN = "import sys, pathlib; from agent.store.sqlite import SqliteStore; " \
-       "SqliteStore.open(pathlib.Path(sys.argv[1])).close()"  # fmt: skip
+OPEN = (
+    "import sys, pathlib; from agent.store.sqlite import SqliteStore; "
+    "SqliteStore.open(pathlib.Path(sys.argv[1])).close()"
+)
 
 
 def _schema(path: Path) -> list[str]:
@@ -60,9 +62,26 @@ def _references(tmp: Path) -> dict[int, list[str]]:
 def _writes(tmp: Path) -> int:
     trace = tmp / "trace"
     state = tmp / "count"
-    subprocess.run(["strace", "-f", "-qq", "-o", str(trace), "-e", "trace=pwrite64",
-                    sys.executable, "-c", OPEN, str(state)], check=True, cwd=ROOT, env=agent_env(),
-                   timeout=60, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            str(trace),
+            "-e",
+            "trace=pwrite64",
+            sys.executable,
+            "-c",
+            OPEN,
+            str(state),
+        ],
+        check=True,
+        cwd=ROOT,
+        env=agent_env(),
+        timeout=60,
+        capture_output=True,
+    )
     return sum("pwrite64(" in line for line in trace.read_text().splitlines())
 
 
@@ -84,11 +103,26 @@ def test_10_sigkill_at_every_write_of_the_migrations(
     for k in points:
         state = tmp_path / f"k{k}"
         done = subprocess.run(
-            ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=pwrite64",
-             "-e", f"inject=pwrite64:signal=SIGKILL:when={k}",
-             sys.executable, "-c", OPEN, str(state)],
-            cwd=ROOT, env=agent_env(), timeout=60, capture_output=True,
-        )  # fmt: skip
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=pwrite64",
+                "-e",
+                f"inject=pwrite64:signal=SIGKILL:when={k}",
+                sys.executable,
+                "-c",
+                OPEN,
+                str(state),
+            ],
+            cwd=ROOT,
+            env=agent_env(),
+            timeout=60,
+            capture_output=True,
+        )
         assert done.returncode != 0, f"write {k} was not reached"
         db = state / "state.db"
         if db.exists() and db.stat().st_size:
@@ -99,5 +133,10 @@ def test_10_sigkill_at_every_write_of_the_migrations(
             assert store.integrity_check() == "ok"
         assert _version(db) == len(MIGRATIONS)
         assert _schema(db) == refs[len(MIGRATIONS)]
-    record(10, writes=total, kill_points=len(points), versions_left_by_kills=sorted(seen_versions),
-           mismatches=0)  # fmt: skip
+    record(
+        10,
+        writes=total,
+        kill_points=len(points),
+        versions_left_by_kills=sorted(seen_versions),
+        mismatches=0,
+    )

@@ -130,8 +130,9 @@ def test_12_control_plane_down_at_boot(
     assert len({round(g / c, 2) for g, c in zip(gaps, ceilings, strict=True)}) > 1  # jittered
     assert len(attempts) <= 2 + 2 * len(ceilings)  # no storm: far below one a second
     assert daemon.terminate() == 0
-    record(12, watched_s=watch, attempts=len(attempts), gaps_s=[round(g, 2) for g in gaps],
-           log_lines=1)  # fmt: skip
+    record(
+        12, watched_s=watch, attempts=len(attempts), gaps_s=[round(g, 2) for g in gaps], log_lines=1
+    )
 
 
 def test_14_half_open_link_is_detected_and_replaced(
@@ -149,16 +150,22 @@ def test_14_half_open_link_is_detected_and_replaced(
     agent_id = _pair(p.cp, daemon, **env)
     assert p.proxy.freeze() >= 1
     frozen = time.monotonic()
-    noticed = wait_for(lambda: not daemon.connected(), "the half-open link noticed",
-                       timeout=2 * heartbeat + 10)  # fmt: skip
+    noticed = wait_for(
+        lambda: not daemon.connected(), "the half-open link noticed", timeout=2 * heartbeat + 10
+    )
     wait_for(daemon.connected, "a new session", timeout=30)
     wait_for(lambda: p.cp.online(agent_id), "online again at the control plane", timeout=30)
     assert noticed <= 2 * heartbeat + 1.0
     assert "no pong from the control plane" in daemon.log_text()
     reconnected = time.monotonic() - frozen
     assert daemon.terminate() == 0
-    record(14, heartbeat_s=heartbeat, detected_s=round(noticed, 1),
-           reconnected_s=round(reconnected, 1), bound_s=2 * heartbeat)  # fmt: skip
+    record(
+        14,
+        heartbeat_s=heartbeat,
+        detected_s=round(noticed, 1),
+        reconnected_s=round(reconnected, 1),
+        bound_s=2 * heartbeat,
+    )
 
 
 def _big_flow(size: int) -> dict[str, object]:
@@ -166,14 +173,17 @@ def _big_flow(size: int) -> dict[str, object]:
     count = max(1, size // 20_000)
     label = "x" * 19_900
     elements: dict[str, object] = {
-        f"e{i}": {"type": "operator", "label": label, "operations": [{"add": "n", "by": 1}],
-                  "next": f"e{i + 1}"}
+        f"e{i}": {
+            "type": "operator",
+            "label": label,
+            "operations": [{"add": "n", "by": 1}],
+            "next": f"e{i + 1}",
+        }
         for i in range(count)
-    }  # fmt: skip
+    }
     elements[f"e{count}"] = {"type": "end"}
     values = {"n": {"type": "number", "access": "output", "default": 0}}
-    return {"format": "flow/v1", "id": "big", "values": values, "start": "e0",
-            "elements": elements}  # fmt: skip
+    return {"format": "flow/v1", "id": "big", "values": values, "start": "e0", "elements": elements}
 
 
 def test_15_slow_link_large_flow_download(
@@ -206,16 +216,33 @@ def test_15_slow_link_large_flow_download(
         timeout=size / rate * 4 + 60,
     )
     dispatched = [r for r in runs if r is not None]
-    wait_for(lambda: _all_completed(p.cp, dispatched) and daemon.status()["outbox"]["depth"] == 0,
-             "runs completed over the slow link", timeout=120)  # fmt: skip
+    wait_for(
+        lambda: _all_completed(p.cp, dispatched) and daemon.status()["outbox"]["depth"] == 0,
+        "runs completed over the slow link",
+        timeout=120,
+    )
     sessions = daemon.log_text().count("flow_agent.link: connected to")
     assert sessions == 1, "the slow download cost a reconnect"
     assert daemon.terminate() == 0
-    verdict = check(cp=p.cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=dispatched,
-                    sink=sink, effects_per_run=CHARGE_EFFECTS)  # fmt: skip
-    record(15, flow_bytes=size, rate_bps=rate, latency_s=0.15, heartbeat_s=heartbeat,
-           download_s=round(synced, 1), elapsed_s=round(time.monotonic() - started, 1),
-           reconnects=sessions - 1, **verdict.figures())  # fmt: skip
+    verdict = check(
+        cp=p.cp,
+        agent_id=agent_id,
+        state_dir=daemon.state_dir,
+        dispatched=dispatched,
+        sink=sink,
+        effects_per_run=CHARGE_EFFECTS,
+    )
+    record(
+        15,
+        flow_bytes=size,
+        rate_bps=rate,
+        latency_s=0.15,
+        heartbeat_s=heartbeat,
+        download_s=round(synced, 1),
+        elapsed_s=round(time.monotonic() - started, 1),
+        reconnects=sessions - 1,
+        **verdict.figures(),
+    )
 
 
 def _all_completed(cp: ControlPlaneThread, runs: list[str]) -> bool:
@@ -255,18 +282,33 @@ def test_16_reset_storm(
             dispatched.append(run_id)
         time.sleep(0.2)
     cpu = (_cpu_seconds(daemon.pid) - cpu0) / (time.monotonic() - t0)
-    wait_for(lambda: _all_completed(p.cp, dispatched) and daemon.status()["outbox"]["depth"] == 0,
-             "delivery after the storm", timeout=120)  # fmt: skip
+    wait_for(
+        lambda: _all_completed(p.cp, dispatched) and daemon.status()["outbox"]["depth"] == 0,
+        "delivery after the storm",
+        timeout=120,
+    )
     assert daemon.terminate() == 0
-    verdict = check(cp=p.cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=dispatched,
-                    sink=sink, effects_per_run=CHARGE_EFFECTS)  # fmt: skip
+    verdict = check(
+        cp=p.cp,
+        agent_id=agent_id,
+        state_dir=daemon.state_dir,
+        dispatched=dispatched,
+        sink=sink,
+        effects_per_run=CHARGE_EFFECTS,
+    )
     baseline = rss[len(rss) // 4]
     assert cpu < 0.5, f"the agent used {cpu:.0%} of a core during the storm"
     assert rss[-1] <= baseline + 10 * 2**20, (baseline, rss[-1])
-    record(16, storm_s=duration, resets=resets, cpu_share=round(cpu, 3),
-           rss_start_mib=round(baseline / 2**20, 1), rss_end_mib=round(rss[-1] / 2**20, 1),
-           rss_median_mib=round(statistics.median(rss) / 2**20, 1),
-           **verdict.figures())  # fmt: skip
+    record(
+        16,
+        storm_s=duration,
+        resets=resets,
+        cpu_share=round(cpu, 3),
+        rss_start_mib=round(baseline / 2**20, 1),
+        rss_end_mib=round(rss[-1] / 2**20, 1),
+        rss_median_mib=round(statistics.median(rss) / 2**20, 1),
+        **verdict.figures(),
+    )
 
 
 async def _reset(proxy: FaultProxy) -> int:
@@ -290,8 +332,9 @@ def test_13_partition(tmp_path: Path, daemons: Callable[..., Daemon], record: Re
     heartbeat = 20.0 if LONG else 1.0
     net = Netns.create()
     loop = LoopThread(name="cp-netns", netns=net.cp).start()
-    cp = ControlPlaneThread(tmp_path / "cp", loop=loop, host=net.cp_addr, port=8700,
-                            heartbeat=heartbeat)  # fmt: skip
+    cp = ControlPlaneThread(
+        tmp_path / "cp", loop=loop, host=net.cp_addr, port=8700, heartbeat=heartbeat
+    )
     try:
         cp.start()
         cp.tenant("acme")
@@ -307,12 +350,15 @@ def test_13_partition(tmp_path: Path, daemons: Callable[..., Daemon], record: Re
         dispatched = [cp.dispatch(f) for f in flows for _ in range(3)]
         assert None not in dispatched
         runs = [r for r in dispatched if r is not None]
-        wait_for(lambda: len(daemon.read("SELECT 1 FROM runs WHERE status = 'waiting'")) == 9,
-                 "the runs to wait")  # fmt: skip
+        wait_for(
+            lambda: len(daemon.read("SELECT 1 FROM runs WHERE status = 'waiting'")) == 9,
+            "the runs to wait",
+        )
         net.down()
         cut = time.monotonic()
-        noticed = wait_for(lambda: not daemon.connected(), "the partition noticed",
-                           timeout=2 * heartbeat + 10)  # fmt: skip
+        noticed = wait_for(
+            lambda: not daemon.connected(), "the partition noticed", timeout=2 * heartbeat + 10
+        )
         time.sleep(max(0.0, length - (time.monotonic() - cut)))
         done = daemon.read("SELECT count(*) FROM runs WHERE status = 'completed'")[0][0]
         buffered = daemon.status()["outbox"]["depth"]
@@ -328,9 +374,15 @@ def test_13_partition(tmp_path: Path, daemons: Callable[..., Daemon], record: Re
         )
         assert daemon.terminate() == 0
         verdict = check(cp=cp, agent_id=agent_id, state_dir=daemon.state_dir, dispatched=runs)
-        record(13, partition_s=length, heartbeat_s=heartbeat, noticed_s=round(noticed, 1),
-               buffered_events=buffered, delivered_after_heal_s=round(healed, 1),
-               **verdict.figures())  # fmt: skip
+        record(
+            13,
+            partition_s=length,
+            heartbeat_s=heartbeat,
+            noticed_s=round(noticed, 1),
+            buffered_events=buffered,
+            delivered_after_heal_s=round(healed, 1),
+            **verdict.figures(),
+        )
     finally:
         cp.stop()
         loop.stop()

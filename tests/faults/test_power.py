@@ -38,19 +38,27 @@ COUNT: dict[str, Any] = {
     },
     "start": "add",
     "elements": {
-        "add": {"type": "operator", "operations": [{"add": "n", "by": 1},
-                {"set": "log", "to": "run {{ n }} " + "x" * 600}], "next": "done"},
+        "add": {
+            "type": "operator",
+            "operations": [{"add": "n", "by": 1}, {"set": "log", "to": "run {{ n }} " + "x" * 600}],
+            "next": "done",
+        },
         "done": {"type": "end"},
     },
-}  # fmt: skip
+}
 
 
 def _runner(store: Any) -> Runner:
     outbox = Outbox(store)
     observer = OutboxObserver(outbox, clock=lambda: 1_800_000_000.0)
     catalog = TimedCatalog(store, local=[parse_flow(COUNT)])
-    return Runner(store=store, catalog=catalog, connectors=default_registry(), observer=observer,
-                  clock=lambda: 1_800_000_000.0)  # fmt: skip
+    return Runner(
+        store=store,
+        catalog=catalog,
+        connectors=default_registry(),
+        observer=observer,
+        clock=lambda: 1_800_000_000.0,
+    )
 
 
 def _fresh(state_dir: Path) -> None:
@@ -121,8 +129,9 @@ def _one_round(
     return {"acked": len(acked), "kept": len(present), "syncs": vfs.syncs}
 
 
-@pytest.mark.parametrize(("mode", "keep"), [("full", 0.0), ("full", 0.5), ("normal", 0.0),
-                                            ("normal", 0.5)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "keep"), [("full", 0.0), ("full", 0.5), ("normal", 0.0), ("normal", 0.5)]
+)
 def test_04_power_loss(
     tmp_path: Path, rng: random.Random, record: Record, mode: str, keep: float
 ) -> None:
@@ -142,8 +151,15 @@ def test_04_power_loss(
         figures = _one_round(tmp_path, rng, mode=mode, keep=keep, index=index)
         acked += figures["acked"]
         kept += figures["kept"]
-    record(4, sync=mode, unsynced_writes_kept=keep, rounds=rounds, acked_commits=acked,
-           lost_commits=acked - kept, corrupt=0)  # fmt: skip
+    record(
+        4,
+        sync=mode,
+        unsynced_writes_kept=keep,
+        rounds=rounds,
+        acked_commits=acked,
+        lost_commits=acked - kept,
+        corrupt=0,
+    )
 
 
 @pytest.mark.parametrize(("op", "code"), [("write", IOERR_WRITE), ("sync", IOERR_FSYNC)])

@@ -40,5 +40,11 @@ def test_11_recorded_executions_resume_with_identical_outcomes(
     got = asyncio.run(replay(dump.read_text(), tmp_path / "state", sink.url))
     assert got == expected["runs"]
     assert [r.key for r in sink.requests] == ["call:1"]
-    record(11, recording=dump.stem, schema_from=expected["schema"], schema_to=len(MIGRATIONS),
-           runs=len(got), identical=len(got))  # fmt: skip
+    record(
+        11,
+        recording=dump.stem,
+        schema_from=expected["schema"],
+        schema_to=len(MIGRATIONS),
+        runs=len(got),
+        identical=len(got),
+    )

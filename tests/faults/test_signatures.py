@@ -58,16 +58,21 @@ def test_29_flow_signatures(
     forged = {
         "flipped signature byte": replace(good3, signature=_flip(v2.signature)),
         "flipped definition byte": _as_v3(v2, start="notify"),
-        "unknown key": replace(good3, signature=sign_flow(stranger, tenant="acme",
-                               flow_id="charge", version=3, definition=good3.definition)),
+        "unknown key": replace(
+            good3,
+            signature=sign_flow(
+                stranger, tenant="acme", flow_id="charge", version=3, definition=good3.definition
+            ),
+        ),
         "unsigned": replace(good3, signature=""),
         "older version": v1,
-    }  # fmt: skip
+    }
     _send(cp, agent_id, list(forged.values()))
 
     def reasons() -> list[str]:
-        rows = cp.read("SELECT data FROM events WHERE agent_id = ? AND kind = 'flow.rejected'",
-                       (agent_id,))  # fmt: skip
+        rows = cp.read(
+            "SELECT data FROM events WHERE agent_id = ? AND kind = 'flow.rejected'", (agent_id,)
+        )
         return [str(r[0]) for r in rows]
 
     refused_frames = daemon.log_text().count("refused a frame from the control plane")
@@ -80,5 +85,10 @@ def test_29_flow_signatures(
     version = cp.read("SELECT result FROM runs WHERE id = ?", (run_id,))[0][0]
     assert '"version":2' in version.replace(" ", "")
     assert daemon.terminate() == 0
-    record(29, rejected=sorted(forged), flow_rejected_reports=len(reasons()),
-           refused_frames=refused_frames, active_version=2)  # fmt: skip
+    record(
+        29,
+        rejected=sorted(forged),
+        flow_rejected_reports=len(reasons()),
+        refused_frames=refused_frames,
+        active_version=2,
+    )

@@ -72,13 +72,15 @@ def world(harness: LoopThread) -> Iterator[World]:
         internal6 = await Listener("::1").start()
         bounce = await Listener("127.0.0.2").start()
         bounce.redirect = f"http://127.0.0.1:{internal.port}/admin"
-        dns = await DnsServer({
-            "rebind.test": [["127.0.0.2"], ["127.0.0.1"]],  # public first, loopback after
-            "both.test": [["127.0.0.1", "127.0.0.2"]],
-            "inside.test": [["127.0.0.1"]],
-            "metadata.test": [["169.254.169.254"]],
-            "mapped.test": [["::ffff:127.0.0.1"]],
-        }).start()  # fmt: skip
+        dns = await DnsServer(
+            {
+                "rebind.test": [["127.0.0.2"], ["127.0.0.1"]],  # public first, loopback after
+                "both.test": [["127.0.0.1", "127.0.0.2"]],
+                "inside.test": [["127.0.0.1"]],
+                "metadata.test": [["169.254.169.254"]],
+                "mapped.test": [["::ffff:127.0.0.1"]],
+            }
+        ).start()
         return World(internal, internal6, public, bounce, dns)
 
     found = harness.call(up())
@@ -96,13 +98,23 @@ def world(harness: LoopThread) -> Iterator[World]:
 
 
 def _flow(base_url: str) -> dict[str, Any]:
-    return {"format": "flow/v1", "id": "probe",
-            "values": {"got": {"type": "string", "access": "output"}},
-            "connectors": {"target": {"type": "http", "base_url": base_url, "timeout": 5}},
-            "start": "call",
-            "elements": {"call": {"type": "message", "connector": "target", "action": "GET /",
-                                  "outputs": {"got": "body.id"}, "next": "done"},
-                         "done": {"type": "end"}}}  # fmt: skip
+    return {
+        "format": "flow/v1",
+        "id": "probe",
+        "values": {"got": {"type": "string", "access": "output"}},
+        "connectors": {"target": {"type": "http", "base_url": base_url, "timeout": 5}},
+        "start": "call",
+        "elements": {
+            "call": {
+                "type": "message",
+                "connector": "target",
+                "action": "GET /",
+                "outputs": {"got": "body.id"},
+                "next": "done",
+            },
+            "done": {"type": "end"},
+        },
+    }
 
 
 async def _run(base_url: str, state: Path, dns_port: int) -> dict[str, Any]:

@@ -32,8 +32,9 @@ from .test_power import _runner
 def _can_unshare() -> str | None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return "a tmpfs in a private mount namespace needs root and unshare"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True, check=False)  # fmt: skip
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False
+    )
     return None if probe.returncode == 0 else "unshare -m is not permitted here"
 
 
@@ -48,9 +49,12 @@ def _runs_with(cp: ControlPlaneThread, status: str, ids: list[str]) -> int:
 
 @pytest.mark.skipif(NO_TMPFS is not None, reason=str(NO_TMPFS))
 def test_05_disk_full(
-    tmp_path: Path, cp: ControlPlaneThread, sink: Sink, daemons: Callable[..., Daemon],
+    tmp_path: Path,
+    cp: ControlPlaneThread,
+    sink: Sink,
+    daemons: Callable[..., Daemon],
     record: Record,
-) -> None:  # fmt: skip
+) -> None:
     """Case 5. Disk full: the daemon's state directory on an 8 MiB tmpfs, filled up to 64 KiB.
 
     Runs with large inputs are dispatched until the store cannot grow.
@@ -61,8 +65,7 @@ def test_05_disk_full(
     """
     mount = tmp_path / "small"
     mount.mkdir()
-    script = (f"mount -t tmpfs -o size=8m,mode=0700 tmpfs {shlex.quote(str(mount))}"
-              ' && exec "$@"')  # fmt: skip
+    script = f'mount -t tmpfs -o size=8m,mode=0700 tmpfs {shlex.quote(str(mount))} && exec "$@"'
     prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
     cp.publish(charge_flow(sink.url, pause=0.01))
     daemon = daemons(prefix=prefix)
@@ -105,12 +108,20 @@ def test_05_disk_full(
     after = [cp.dispatch("charge") for _ in range(3)]
     assert None not in after
     done = [r for r in [*accepted, *after] if r is not None]
-    wait_for(lambda: _runs_with(cp, "completed", done) == len(done), "runs after space returned",
-             timeout=90)  # fmt: skip
+    wait_for(
+        lambda: _runs_with(cp, "completed", done) == len(done),
+        "runs after space returned",
+        timeout=90,
+    )
     assert query("PRAGMA integrity_check") == [["ok"]]
     assert daemon.terminate() == 0
-    record(5, accepted_before_full=len(accepted), refused_while_full=refused,
-           completed_after=len(after), integrity="ok")  # fmt: skip
+    record(
+        5,
+        accepted_before_full=len(accepted),
+        refused_while_full=refused,
+        completed_after=len(after),
+        integrity="ok",
+    )
 
 
 NS_QUERY = """
@@ -193,8 +204,12 @@ def test_07_corrupted_database_at_start(tmp_path: Path, rng: random.Random, reco
         finally:
             store.close()
         opened += 1
-    record(7, header_flips_detected=rounds, random_flips_refused=refused - rounds,
-           random_flips_harmless=opened)  # fmt: skip
+    record(
+        7,
+        header_flips_detected=rounds,
+        random_flips_refused=refused - rounds,
+        random_flips_harmless=opened,
+    )
 
 
 def test_07_the_daemon_refuses_a_corrupted_database(
@@ -239,8 +254,12 @@ def test_09_long_reader_and_busy_writer(tmp_path: Path, record: Record) -> None:
     store = SqliteStore.open(state)
     runner = _runner(store)
     wal = state / "state.db-wal"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(state / "state.db")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(state / "state.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert reader.stdout is not None
     reader.stdout.readline()
     polls = 0
@@ -263,9 +282,14 @@ def test_09_long_reader_and_busy_writer(tmp_path: Path, record: Record) -> None:
     # The commit that meets the finished reader still appends; the checkpoint after it
     # completes and the WAL restarts from its beginning: no growth beyond that.
     assert after <= held + 2**20, f"the WAL grew from {held} to {after} after the reader let go"
-    record(9, commits=2 * batch, wal_while_reading_kib=held // 1024,
-           wal_after_kib=after // 1024, status_polls=polls,
-           seconds=round(time.monotonic() - started, 1))  # fmt: skip
+    record(
+        9,
+        commits=2 * batch,
+        wal_while_reading_kib=held // 1024,
+        wal_after_kib=after // 1024,
+        status_polls=polls,
+        seconds=round(time.monotonic() - started, 1),
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,9 +107,13 @@ def test_26_tls_negatives(
     good.cert_pem.write_to_path(str(ca_file))
     port = free_port()
     proxy: Recorder = harness.call(_started(Recorder(port)))
-    cp = ControlPlaneThread(tmp_path / "cp", loop=harness, port=port,
-                            tls=_server_context(good, "127.0.0.1"),
-                            public_url=f"https://127.0.0.1:{proxy.port}").start()  # fmt: skip
+    cp = ControlPlaneThread(
+        tmp_path / "cp",
+        loop=harness,
+        port=port,
+        tls=_server_context(good, "127.0.0.1"),
+        public_url=f"https://127.0.0.1:{proxy.port}",
+    ).start()
     evil: list[asyncio.Server] = []
     try:
         cp.tenant("acme")
@@ -125,10 +129,23 @@ def test_26_tls_negatives(
             # Pairing through the attacker.
             state = tmp_path / f"pair-{len(refusals)}"
             done = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "pair", cp.token(), "--state-dir", str(state),
-                 "--ca-file", str(ca_file)],
-                capture_output=True, text=True, timeout=60, cwd=ROOT, env=agent_env(),
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "agent.cli",
+                    "pair",
+                    cp.token(),
+                    "--state-dir",
+                    str(state),
+                    "--ca-file",
+                    str(ca_file),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT,
+                env=agent_env(),
+            )
             assert done.returncode == 1, (name, done.stderr)
             # A TLS 1.1 server resets the handshake: the agent can only say it cannot reach it.
             clear = ("TLS", "certificate", "cannot reach the control plane")
@@ -141,8 +158,10 @@ def test_26_tls_negatives(
             attempts = len(proxy.first)
             daemon.start()
             wait_for(lambda n=attempts: len(proxy.first) > n, f"an attempt ({name})", timeout=60)
-            wait_for(lambda: "stopped" not in (daemon.status()["link"].get("detail") or "x"),
-                     "the refusal recorded")  # fmt: skip
+            wait_for(
+                lambda: "stopped" not in (daemon.status()["link"].get("detail") or "x"),
+                "the refusal recorded",
+            )
             harness.call(asyncio.sleep(0.5))
             assert not daemon.connected()
             assert daemon.log_text().count("flow_agent.link: connected to") == 1, name

@@ -177,8 +177,6 @@ class Sqlite3Facade:
 
 def open_store(state_dir: Path, *, vfs: PowerLossVFS, synchronous: str) -> Any:
     """The agent's ``SqliteStore`` on an existing state directory, through the shim."""
-    from sqlite_utils import Database
-
     from agent.store import files
     from agent.store.sqlite import SqliteStore
 
@@ -190,8 +188,11 @@ def open_store(state_dir: Path, *, vfs: PowerLossVFS, synchronous: str) -> Any:
     # Checkpoints (and so the syncs of synchronous=NORMAL) within small runs.
     conn.execute("PRAGMA wal_autocheckpoint = 64")
     facade = Sqlite3Facade(conn)
-    db = Database.__new__(Database)
-    db.conn = facade  # type: ignore[assignment]
     lock = files.acquire_lock(state_dir)
-    return SqliteStore(db=db, path=path, lock_fd=lock, clock=lambda: 1_800_000_000.0,
-                       busy_timeout=5.0)  # fmt: skip
+    return SqliteStore(
+        conn=facade,  # type: ignore[arg-type]
+        path=path,
+        lock_fd=lock,
+        clock=lambda: 1_800_000_000.0,
+        busy_timeout=5.0,
+    )
