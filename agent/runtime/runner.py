@@ -86,6 +86,10 @@ class RunNotFound(OperationError):
     pass
 
 
+class RunDamaged(OperationError):
+    """A run's stored state cannot be read back: trying again cannot help."""
+
+
 class _RunLock:
     """The lock of one run tree, dropped from its table when nobody holds or awaits it.
 
@@ -196,9 +200,18 @@ class Runner:
         return await self.result_of(run_id)
 
     async def wake(self, run_id: str) -> None:
-        """A due timer, or a run found interrupted at start-up."""
+        """A due timer, or a run found interrupted at start-up.
+
+        A run whose stored state is damaged is set aside (failed, reported,
+        its state kept) and ``RunDamaged`` raised: woken again and again it
+        would fail the same way for ever.
+        """
         async with self._lock(run_id):
-            engine, state = self._load(run_id)
+            try:
+                engine, state = self._load(run_id)
+            except RunDamaged as exc:
+                self._set_aside(run_id, exc)
+                raise
             await self._continue(engine, state)
 
     async def deliver(self, run_id: str, event: Event) -> dict[str, Any]:
@@ -250,7 +263,36 @@ class Runner:
                 f"run '{run_id}' needs flow '{record.flow_id}' version "
                 f"{record.version}, which this agent does not have"
             )
-        return engine, RunState.from_json(record.state, engine.flow)
+        try:
+            return engine, RunState.from_json(record.state, engine.flow)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RunDamaged(
+                f"run '{run_id}' cannot be continued: its stored state is damaged"
+                f" ({type(exc).__name__}: {str(exc)[:200]})",
+                hint="the run was set aside as failed; its stored state is kept for a person",
+            ) from None
+
+    def _set_aside(self, run_id: str, exc: RunDamaged) -> None:
+        """Mark a damaged run failed, tell the observer, keep its state for a person."""
+        record = self.store.get_run(run_id)
+        if record is None or record.status not in ("running", "waiting"):
+            return
+        result: dict[str, Any] = {
+            "run_id": run_id,
+            "flow": record.flow_id,
+            "version": record.version,
+            "status": "failed",
+            "outputs": {},
+            "path": [],
+            "waiting": None,
+            "error": {"element": None, "message": exc.message},
+        }
+        with self.store.transaction():
+            self.store.update_run(run_id, status="failed", state=record.state, wake_at=None)
+            self.observer.committed(
+                result=result, previous=record.status, visits=(), parent_id=record.parent_id
+            )
+        log.error("run %s set aside: %s", run_id, exc.message)
 
     def _deepest_waiting(self, engine: Engine, state: RunState) -> RunState:
         waiting = state.waiting
@@ -444,4 +486,4 @@ def new_secret_token() -> str:
     return pysecrets.token_urlsafe(24)
 
 
-__all__ = ["AnswerRefused", "InputInvalid", "RunNotFound", "Runner", "new_run_id"]
+__all__ = ["AnswerRefused", "InputInvalid", "RunDamaged", "RunNotFound", "Runner", "new_run_id"]
