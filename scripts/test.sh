@@ -44,6 +44,24 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
 fi
 # -- end deployment tools
 
+# -- Fault-suite tools (tests/faults): stress-ng starves the CPUs, strace injects
+# kills, I/O delays and event-loop stalls, iproute2 makes the network namespaces
+# of a partition, util-linux gives unshare/nsenter/setpriv/prlimit. Each test
+# skips with its reason when its tool is missing.
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  fault_pkgs=""
+  command -v stress-ng >/dev/null || fault_pkgs="$fault_pkgs stress-ng"
+  command -v strace >/dev/null || fault_pkgs="$fault_pkgs strace"
+  command -v ip >/dev/null || fault_pkgs="$fault_pkgs iproute2"
+  command -v setpriv >/dev/null || fault_pkgs="$fault_pkgs util-linux"
+  if [ -n "$fault_pkgs" ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $fault_pkgs >/dev/null
+  fi
+fi
+# -- end fault-suite tools
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
