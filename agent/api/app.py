@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 from urllib.parse import quote
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from . import player, routes
 from .auth import SESSION_COOKIE, bearer, is_loopback_host, same_secret, session_value
 from .context import CONTEXT, Context
 from .metrics import Metrics
+from .openapi import OPENAPI
 from .problems import HTTP_CODES, Problem, from_problem, problem_response
 
 log = logging.getLogger("flow_agent.api")
@@ -88,7 +90,7 @@ def create_app(
         ctx.accepting = accepting
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_count_requests, _problems(max_body), _authenticate],
+        middlewares=[_count_requests, _problems(max_body), _authenticate, _known_query],
     )
     app[CONTEXT] = ctx
     app.router.add_get("/livez", livez)
@@ -252,6 +254,44 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if player.is_player(path) and request.method in ("GET", "HEAD"):
         raise web.HTTPSeeOther(f"{player.LOGIN}?next={quote(request.path_qs, safe='')}")
     raise _unauthorized("this agent's API needs 'Authorization: Bearer <token>'")
+
+
+def _query_names() -> dict[tuple[str, str], frozenset[str]]:
+    """The query parameters each API operation declares in the OpenAPI document."""
+    names: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in OPENAPI["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict):
+                params = operation.get("parameters", [])
+                names[(path, method.upper())] = frozenset(
+                    p["name"] for p in params if isinstance(p, dict) and p.get("in") == "query"
+                )
+    return names
+
+
+_QUERY_NAMES: Final = _query_names()
+
+
+@web.middleware
+async def _known_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query parameter the API does not know is a mistake (``stauts=``): say so."""
+    if request.query and request.path.startswith(routes.PREFIX):
+        info = request.match_info
+        resource = info.route.resource if info.route is not None else None
+        known = _QUERY_NAMES.get((resource.canonical, request.method)) if resource else None
+        if known is not None:
+            unknown = sorted(set(request.query) - known)
+            if unknown:
+                raise Problem(
+                    400,
+                    "invalid_query",
+                    f"unknown query parameter(s) {', '.join(map(repr, unknown))}"
+                    + (f" (known: {', '.join(sorted(known))})" if known else ""),
+                    errors=[
+                        {"parameter": n, "detail": "not a parameter of this route"} for n in unknown
+                    ],
+                )
+    return await handler(request)
 
 
 def _unauthorized(detail: str) -> Problem:
