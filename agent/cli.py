@@ -24,65 +24,105 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _exec_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--flows", metavar="DIR", help="directory of other flow files (subflows), "
-                   "found by their id")
-    p.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
-                   help="set the secret-store entry NAME for this command only (never printed)")
-    p.add_argument("--max-wait", type=float, default=30.0, metavar="SECONDS",
-                   help="sleep through timers due within this many seconds (default 30)")
+    p.add_argument(
+        "--flows", metavar="DIR", help="directory of other flow files (subflows), found by their id"
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set the secret-store entry NAME for this command only (never printed)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="sleep through timers due within this many seconds (default 30)",
+    )
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
-    p.add_argument("--sync", choices=("off", "normal", "full", "extra"), default="normal",
-                   help="the store's fsync level (default normal; see docs/durability)")
-    p.add_argument("--secrets-key-file", metavar="FILE", help="the secret store's key "
-                   "(default STATE_DIR/secrets.key; see 'flow-agent secret')")
+    p.add_argument(
+        "--sync",
+        choices=("off", "normal", "full", "extra"),
+        default="normal",
+        help="the store's fsync level (default normal; see the README, Durability)",
+    )
+    p.add_argument(
+        "--secrets-key-file",
+        metavar="FILE",
+        help="the secret store's key (default STATE_DIR/secrets.key; see 'flow-agent secret')",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from agent import cli_local
 
-    parser = _Parser(prog="flow-agent", description="Self-hosted runtime agent for flow/v1 "
-                     "flows.")
+    parser = _Parser(prog="flow-agent", description="Self-hosted runtime agent for flow/v1 flows.")
     parser.add_argument("--version", action="version", version=f"flow-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("validate", help="check flow/v1 files",
-                       description="Check flow/v1 files: prints 'FILE: ok' or one "
-                       "'FILE: PATH: MESSAGE' line per problem; exits 1 if any is invalid.")
+    p = sub.add_parser(
+        "validate",
+        help="check flow/v1 files",
+        description="Check flow/v1 files: prints 'FILE: ok' or one "
+        "'FILE: PATH: MESSAGE' line per problem; exits 1 if any is invalid.",
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(handler=cli_local.validate)
 
-    p = sub.add_parser("exec", help="run a flow locally, without a control plane",
-                       description="Run a flow locally until it completes, fails or waits for "
-                       "a person (or for a timer longer than --max-wait). Exit 0 completed or "
-                       "waiting, 1 failed or cancelled, 2 invalid flow or inputs.")
+    p = sub.add_parser(
+        "exec",
+        help="run a flow locally, without a control plane",
+        description="Run a flow locally until it completes, fails or waits for "
+        "a person (or for a timer longer than --max-wait). Exit 0 completed or "
+        "waiting, 1 failed or cancelled, 2 invalid flow or inputs.",
+    )
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                   help="an input value, converted to its declared type")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input value, converted to its declared type",
+    )
     p.add_argument("--inputs", metavar="JSON", help="inputs as one JSON object")
-    p.add_argument("--state-dir", metavar="DIR", help="keep the run's state here (default: a "
-                   "temporary directory, removed afterwards)")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the run's state here (default: a temporary directory, removed afterwards)",
+    )
     _exec_flags(p)
     p.set_defaults(handler=cli_local.exec_)
 
-    p = sub.add_parser("resume", help="continue a run in a new process",
-                       description="With --outcome, answer the page/step the run waits on; "
-                       "without, continue a run that was interrupted or waits on a timer.")
+    p = sub.add_parser(
+        "resume",
+        help="continue a run in a new process",
+        description="With --outcome, answer the page/step the run waits on; "
+        "without, continue a run that was interrupted or waits on a timer.",
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--state-dir", metavar="DIR", required=True)
     p.add_argument("--outcome", metavar="ID", help="the outcome (button) to choose")
-    p.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
-                   help="a page field value")
-    p.add_argument("--state-token", metavar="TOKEN", help="the state token the page was shown "
-                   "with; a stale one is refused")
+    p.add_argument(
+        "--field", action="append", default=[], metavar="NAME=VALUE", help="a page field value"
+    )
+    p.add_argument(
+        "--state-token",
+        metavar="TOKEN",
+        help="the state token the page was shown with; a stale one is refused",
+    )
     _exec_flags(p)
     p.set_defaults(handler=cli_local.resume)
 
-    p = sub.add_parser("runs", help="list top-level runs in a state directory",
-                       description="List top-level runs, newest first.")
+    p = sub.add_parser(
+        "runs",
+        help="list top-level runs in a state directory",
+        description="List top-level runs, newest first.",
+    )
     p.add_argument("--state-dir", metavar="DIR", required=True)
-    p.add_argument("--status", choices=("running", "waiting", "completed", "failed",
-                                        "cancelled"))
+    p.add_argument("--status", choices=("running", "waiting", "completed", "failed", "cancelled"))
     p.add_argument("--json", action="store_true", help="print a list of run results")
     p.set_defaults(handler=cli_local.runs)
 
@@ -111,8 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         if args.command != "secret":
             from agent.connectors.plugins import discover_plugins
 
@@ -122,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except AgentError as exc:
         for line in str(exc).splitlines():
-            print(f"flow-agent: {line}" if not line.startswith("flow-agent") else line,
-                  file=sys.stderr)
+            print(
+                f"flow-agent: {line}" if not line.startswith("flow-agent") else line,
+                file=sys.stderr,
+            )
         return exc.exit_code
     except KeyboardInterrupt:
         print("flow-agent: interrupted", file=sys.stderr)

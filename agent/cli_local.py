@@ -83,8 +83,9 @@ def _state_dir(given: str | None) -> Iterator[Path]:
 
 
 @asynccontextmanager
-async def _runner(state_dir: Path, args: argparse.Namespace,
-                  local: list[Flow]) -> AsyncIterator[Runner]:
+async def _runner(
+    state_dir: Path, args: argparse.Namespace, local: list[Flow]
+) -> AsyncIterator[Runner]:
     overrides = _pairs(args.secret, "--secret")
     store = SqliteStore.open(state_dir, synchronous=args.sync)
     key_file = getattr(args, "secrets_key_file", None)
@@ -98,8 +99,13 @@ async def _runner(state_dir: Path, args: argparse.Namespace,
     registry = default_registry(secrets=secrets, state_dir=state_dir)
     try:
         catalog = Catalog(store, local=local)
-        yield Runner(store=store, catalog=catalog, connectors=registry, secrets=secrets,
-                     inline_wait=args.max_wait)
+        yield Runner(
+            store=store,
+            catalog=catalog,
+            connectors=registry,
+            secrets=secrets,
+            inline_wait=args.max_wait,
+        )
     finally:
         await registry.close_all()
         vault.close()
@@ -146,8 +152,11 @@ def resume(args: argparse.Namespace) -> int:
     fields = _pairs(args.field, "--field")
     if (fields or args.state_token) and not args.outcome:
         raise UsageError("--field and --state-token go with --outcome")
-    answer = Answer(outcome=args.outcome, fields=fields, state_token=args.state_token) \
-        if args.outcome else None
+    answer = (
+        Answer(outcome=args.outcome, fields=fields, state_token=args.state_token)
+        if args.outcome
+        else None
+    )
 
     async def go() -> dict[str, Any]:
         async with _runner(state_dir, args, local) as runner:
@@ -156,8 +165,9 @@ def resume(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(go())
     except AnswerRefused as exc:
-        raise OperationError(f"cannot resume {args.run_id}: {exc}",
-                             hint="the run is unchanged and still waiting") from None
+        raise OperationError(
+            f"cannot resume {args.run_id}: {exc}", hint="the run is unchanged and still waiting"
+        ) from None
     _report(result, args, kept=True)
     return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
 
@@ -191,8 +201,9 @@ def _report(result: dict[str, Any], args: argparse.Namespace, *, kept: bool) -> 
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"run {result['run_id']} (flow {result['flow']} v{result['version']}): "
-          f"{result['status']}")
+    print(
+        f"run {result['run_id']} (flow {result['flow']} v{result['version']}): {result['status']}"
+    )
     print("path: " + " -> ".join(result["path"]))
     if result["outputs"]:
         print("outputs:")
@@ -205,8 +216,9 @@ def _report(result: dict[str, Any], args: argparse.Namespace, *, kept: bool) -> 
         _report_waiting(result["run_id"], waiting, args, kept=kept)
 
 
-def _report_waiting(run_id: str, waiting: dict[str, Any], args: argparse.Namespace, *,
-                    kept: bool) -> None:
+def _report_waiting(
+    run_id: str, waiting: dict[str, Any], args: argparse.Namespace, *, kept: bool
+) -> None:
     while waiting.get("kind") == "subflow" and waiting.get("child_run", {}).get("waiting"):
         print(f"waiting on subflow run {waiting['child_run']['run_id']}")
         waiting = waiting["child_run"]["waiting"]
@@ -228,5 +240,7 @@ def _report_waiting(run_id: str, waiting: dict[str, Any], args: argparse.Namespa
         print("note: the state was temporary; pass --state-dir to keep a run you want to resume")
     elif kind == "input" and waiting["outcomes"]:
         state_dir = getattr(args, "state_dir", None)
-        print(f"  resume: flow-agent resume {run_id} --state-dir {state_dir} "
-              f"--outcome {waiting['outcomes'][0]['id']} --state-token {waiting['state_token']}")
+        print(
+            f"  resume: flow-agent resume {run_id} --state-dir {state_dir} "
+            f"--outcome {waiting['outcomes'][0]['id']} --state-token {waiting['state_token']}"
+        )
