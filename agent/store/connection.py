@@ -128,12 +128,17 @@ def _quick_check(path: Path, *, busy_timeout: float) -> str | None:
         conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
     except sqlite3.Error as exc:
         raise translate(exc, doing="open", path=path, busy_timeout=busy_timeout) from exc
+    # A damaged page can put bytes that are not UTF-8 into quick_check's report.
+    conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
     try:
         rows = conn.execute("PRAGMA quick_check(20)").fetchall()
     except sqlite3.Error as exc:
         if primary_code(exc) in (CORRUPT, NOTADB):
             return str(exc)
         raise translate(exc, doing="check", path=path, busy_timeout=busy_timeout) from exc
+    except UnicodeDecodeError as exc:
+        # SQLite's own error message quoted damaged bytes (a broken schema entry).
+        return f"text in the database is not UTF-8 ({exc.reason} at byte {exc.start})"
     finally:
         conn.close()
     if [row[0] for row in rows] == ["ok"]:

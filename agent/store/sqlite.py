@@ -441,12 +441,17 @@ class SqliteStore:
 
     def integrity_check(self) -> str:
         """Run SQLite's full ``integrity_check``: ``'ok'`` or what is wrong."""
+        factory = self._conn.text_factory
+        # A damaged page can put bytes that are not UTF-8 into the report.
+        self._conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         try:
             rows = self._conn.execute("PRAGMA integrity_check(20)").fetchall()
         except sqlite3.Error as exc:
             if primary_code(exc) in (CORRUPT, NOTADB):
                 return str(exc)
             raise self._error(exc, "check the database") from exc
+        finally:
+            self._conn.text_factory = factory
         return "; ".join(str(row[0]) for row in rows)
 
     def close(self) -> None:

@@ -150,6 +150,7 @@ class Sqlite3Facade:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
+        self.text_factory: Any = str  # set and restored by the store; apsw decodes itself
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         try:
