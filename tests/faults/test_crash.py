@@ -70,7 +70,7 @@ def test_01_random_sigkill_during_runs(
     order, one effect per connector visit at the sink), integrity_check ok,
     and runs resume after every kill.
     """
-    kills = int(scale(6, 200))
+    kills = int(scale(5, 200))
     cp.publish(charge_flow(sink.url, pause=0.3))
     daemon = daemons()
     agent_id = _start_paired(cp, daemon)

@@ -128,7 +128,7 @@ def _flow_of(size: int, depth: int) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=8 if not LONG else 60, deadline=None)
+@settings(max_examples=4 if not LONG else 60, deadline=None)
 @given(size=st.integers(1, 1000), depth=st.integers(0, 400))
 def test_30_flow_parser_size_and_depth(size: int, depth: int) -> None:
     """Flows of up to 1,000 elements with expressions nested up to 400 deep.

@@ -103,7 +103,7 @@ def test_12_control_plane_down_at_boot(
     equal); the timer run completes meanwhile; one clear log line says the
     control plane cannot be reached, not one per attempt.
     """
-    watch = scale(12.0, 150.0)
+    watch = scale(10.0, 150.0)
     p = proxied()
     p.cp.publish(timer_flow(2.0))
     daemon = daemons()
@@ -256,12 +256,12 @@ def test_16_reset_storm(
 ) -> None:
     """Case 16. Reset storm: the proxy resets every connection every second.
 
-    Runs are dispatched whenever the agent is online (CI: 20 s; --long: 5
+    Runs are dispatched whenever the agent is online (CI: 10 s; --long: 5
     min).  Pass: eventual delivery, no duplicates (checker), the agent's CPU
     below 50 % of one core over the storm, and flat memory (RSS at the end
     within 10 MiB of RSS after the first quarter).
     """
-    duration = scale(20.0, 300.0)
+    duration = scale(10.0, 300.0)
     p = proxied(heartbeat=5.0)
     p.cp.publish(charge_flow(sink.url, pause=0.05))
     daemon = daemons()
@@ -323,12 +323,12 @@ def test_13_partition(tmp_path: Path, daemons: Callable[..., Daemon], record: Re
     """Case 13. A partition: the veth between two namespaces is set down.
 
     Before it, runs are dispatched that wait on timers ending during it.
-    CI: 15 s with a 1 s heartbeat; --long: 5 minutes with the default 20 s.
+    CI: 8 s with a 1 s heartbeat; --long: 5 minutes with the default 20 s.
     Pass: runs continue and complete during the partition, their reports are
     buffered in the outbox, and after the link comes back each is delivered
     once, in order (checker).
     """
-    length = scale(15.0, 300.0)
+    length = scale(8.0, 300.0)
     heartbeat = 20.0 if LONG else 1.0
     net = Netns.create()
     loop = LoopThread(name="cp-netns", netns=net.cp).start()
