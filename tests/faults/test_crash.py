@@ -60,7 +60,7 @@ def test_01_random_sigkill_during_runs(
     rng: random.Random,
     record: Record,
 ) -> None:
-    """Case 1. Random SIGKILL during flows, N times (6 in CI, 200 with --long).
+    """Case 1. Random SIGKILL during flows, N times (5 in CI, 200 with --long).
 
     Each round: start the agent, dispatch 1-3 runs of a flow with two
     connector calls around a durable timer, SIGKILL it after a random
