@@ -324,7 +324,7 @@ def test_24_systemd_watchdog(
     arrives at all (a gap of 2.5 s or more), and they resume after.
     """
     listener = NotifyListener(tmp_path / "notify.sock")
-    block_at = 150  # epoll_waits before the block: after READY=1 (about 25 a second)
+    block_at = 300  # epoll_waits before the block: well after READY=1 (about 25 a second)
     block = f"inject=epoll_wait,epoll_pwait:delay_enter=3000000:when={block_at}"
     strace = [
         "strace",
