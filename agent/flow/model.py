@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from . import values as V
@@ -192,41 +190,37 @@ def canonical_json(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-# The flows compiled last, by the sha256 of their canonical JSON.  A large flow takes
-# a second to compile; the link compiles it off the event loop first, and then the
-# sync, the catalog and the scheduler each find it here instead of compiling again.
-_COMPILED: OrderedDict[str, Flow] = OrderedDict()
-_COMPILED_MAX: Final = 32
-_COMPILED_LOCK = threading.Lock()
+# Recently compiled flows by the sha256 of their canonical JSON.  Plain dict
+# operations, each atomic, so any thread may use it; when full it starts over.
+_RECENT: dict[str, Flow] = {}
+_RECENT_MAX: Final = 16
 
 
 def parse_flow(doc: object) -> Flow:
     """Validate and compile a flow/v1 document (already decoded from JSON).
 
-    Thread-safe; a document already compiled (same canonical content) is not
-    compiled again.  Flows are immutable, so one compiled flow can be shared.
+    Safe from any thread.  A document compiled recently (same canonical
+    content) is not compiled again: a large flow takes a second to compile,
+    so the link compiles it off the event loop first, and then the sync, the
+    catalog and the scheduler each find it here.  Flows are immutable, and a
+    cached one owns a copy of its document (in the document's own order).
     """
     from .parse import parse_flow as parse  # the grammar lives in its own module
 
     try:
-        text = canonical_json(doc) if isinstance(doc, dict) else None
+        key = flow_sha256(doc) if isinstance(doc, dict) else None
+        own = json.loads(json.dumps(doc)) if key is not None else None
     except (TypeError, ValueError, RecursionError):  # let the parser say what is wrong
-        text = None
-    key = None if text is None else hashlib.sha256(text.encode()).hexdigest()
-    if key is not None:
-        with _COMPILED_LOCK:
-            found = _COMPILED.get(key)
-            if found is not None:
-                _COMPILED.move_to_end(key)
-                return found
-    flow = parse(doc)
-    if key is not None and text is not None:
-        # The cached flow owns its document: a caller changing its dict later changes nothing.
-        flow = replace(flow, definition=json.loads(text))
-        with _COMPILED_LOCK:
-            _COMPILED[key] = flow
-            while len(_COMPILED) > _COMPILED_MAX:
-                _COMPILED.popitem(last=False)
+        key = own = None
+    if key is None:
+        return parse(doc)
+    found = _RECENT.get(key)
+    if found is not None:
+        return found
+    flow = parse(own)
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    _RECENT[key] = flow
     return flow
 
 
