@@ -155,7 +155,7 @@ def test_14_half_open_link_is_detected_and_replaced(
     )
     wait_for(daemon.connected, "a new session", timeout=30)
     wait_for(lambda: p.cp.online(agent_id), "online again at the control plane", timeout=30)
-    assert noticed <= 2 * heartbeat + 1.0
+    assert noticed <= 2 * heartbeat + 1.5  # + polling and scheduling on a busy machine
     assert "no pong from the control plane" in daemon.log_text()
     reconnected = time.monotonic() - frozen
     assert daemon.terminate() == 0
