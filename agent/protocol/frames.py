@@ -20,7 +20,7 @@ import json
 import math
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
 
@@ -60,15 +60,32 @@ RUN_END_KINDS: Final = frozenset({"run.completed", "run.failed", "run.cancelled"
 _SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+# A check of one field's value beyond its type: (holds, what a failure says after the name).
+_Rule = tuple[Callable[[Any], object], str]
+_POSITIVE: Final[_Rule] = (lambda value: value > 0, "must be positive")
+_AT_LEAST_ONE: Final[_Rule] = (lambda value: value >= 1, "must be >= 1")
+_NOT_NEGATIVE: Final[_Rule] = (lambda value: value >= 0, "must be >= 0")
+_VALID_SECRET_NAME: Final[_Rule] = (_SECRET_NAME.fullmatch, "is not a valid secret name")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    """Base of every wire message; ``TYPE`` is the frame's ``type``."""
+    """Base of every wire message; ``TYPE`` is the frame's ``type``.
+
+    ``RULES`` maps a field to the rule its value must meet once its type is
+    right; rules spanning several values override :meth:`problems`.
+    """
 
     TYPE: ClassVar[str] = ""
+    RULES: ClassVar[Mapping[str, _Rule]] = {}
 
     def problems(self) -> list[str]:
         """Rules beyond field types (ranges, ordering); empty when valid."""
-        return []
+        return [
+            f"{name} {says}"
+            for name, (holds, says) in self.RULES.items()
+            if not holds(getattr(self, name))
+        ]
 
 
 # -- nested items -------------------------------------------------------------
@@ -100,13 +117,11 @@ class Event:
 @dataclass(frozen=True, kw_only=True)
 class Hello(Message):
     TYPE: ClassVar[str] = "hello"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"heartbeat": _POSITIVE}
     nonce: str
     server_time: str
     region: str
     heartbeat: float
-
-    def problems(self) -> list[str]:
-        return [] if self.heartbeat > 0 else ["heartbeat must be positive"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,14 +136,11 @@ class Auth(Message):
 @dataclass(frozen=True, kw_only=True)
 class Welcome(Message):
     TYPE: ClassVar[str] = "welcome"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"heartbeat": _POSITIVE, "last_seq": _NOT_NEGATIVE}
     session_id: str
     tenant: str
     heartbeat: float
     last_seq: int
-
-    def problems(self) -> list[str]:
-        out = [] if self.heartbeat > 0 else ["heartbeat must be positive"]
-        return out + _non_negative("last_seq", self.last_seq)
 
 
 # -- ready --------------------------------------------------------------------
@@ -145,6 +157,7 @@ class FlowPush(Message):
     """Frame type ``flow``: a published flow version, signed by the control plane."""
 
     TYPE: ClassVar[str] = "flow"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"version": _AT_LEAST_ONE}
     tenant: str
     id: str
     version: int
@@ -153,21 +166,16 @@ class FlowPush(Message):
     signature: str
     activate: bool
 
-    def problems(self) -> list[str]:
-        return _positive("version", self.version)
-
 
 @dataclass(frozen=True, kw_only=True)
 class Activate(Message):
     TYPE: ClassVar[str] = "activate"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"version": _AT_LEAST_ONE, "serial": _AT_LEAST_ONE}
     tenant: str
     id: str
     version: int
     serial: int
     signature: str
-
-    def problems(self) -> list[str]:
-        return _positive("version", self.version) + _positive("serial", self.serial)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,10 +232,8 @@ class Events(Message):
 @dataclass(frozen=True, kw_only=True)
 class Ack(Message):
     TYPE: ClassVar[str] = "ack"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"seq": _NOT_NEGATIVE}
     seq: int
-
-    def problems(self) -> list[str]:
-        return _non_negative("seq", self.seq)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,14 +241,12 @@ class Status(Message):
     """``host``: facts such as hostname/os/arch; ``runs``: count per run status."""
 
     TYPE: ClassVar[str] = "status"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"outbox_depth": _NOT_NEGATIVE}
     agent_version: str
     host: JSONObject
     flows: tuple[FlowRef, ...]
     runs: dict[str, int]
     outbox_depth: int
-
-    def problems(self) -> list[str]:
-        return _non_negative("outbox_depth", self.outbox_depth)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,11 +269,9 @@ class SecretPush(Message):
     """
 
     TYPE: ClassVar[str] = "secret"
+    RULES: ClassVar[Mapping[str, _Rule]] = {"name": _VALID_SECRET_NAME}
     name: str
     sealed: SealedSecret
-
-    def problems(self) -> list[str]:
-        return [] if _SECRET_NAME.fullmatch(self.name) else ["name is not a valid secret name"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,14 +314,6 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         ErrorFrame,
     )
 }
-
-
-def _positive(name: str, value: int) -> list[str]:
-    return [] if value >= 1 else [f"{name} must be >= 1"]
-
-
-def _non_negative(name: str, value: int) -> list[str]:
-    return [] if value >= 0 else [f"{name} must be >= 0"]
 
 
 def error_frame(exc: RemoteProtocolError) -> ErrorFrame:
