@@ -17,6 +17,16 @@ class ControlPlaneError(OperationError):
     status = 400
     code = "bad_request"
 
+    def __init_subclass__(
+        cls, *, status: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        # A subclass names its answer in its header: class X(ControlPlaneError, status=404, ...).
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
+
     def __init__(
         self,
         message: str,
@@ -38,44 +48,29 @@ class ControlPlaneError(OperationError):
         return body
 
 
-class BadRequest(ControlPlaneError):
-    status = 400
-    code = "bad_request"
+class BadRequest(ControlPlaneError, status=400, code="bad_request"):
+    """A field or body is missing, malformed or out of range."""
 
 
-class NotFound(ControlPlaneError):
-    status = 404
-    code = "not_found"
+class NotFound(ControlPlaneError, status=404, code="not_found"):
+    """No tenant, agent, flow or run by the name the request gives."""
 
 
-class Conflict(ControlPlaneError):
-    status = 409
-    code = "conflict"
+class Conflict(ControlPlaneError, status=409, code="conflict"):
+    """The request clashes with the current state (a name taken, an agent offline, a run ended)."""
 
 
-class FlowRejected(ControlPlaneError):
+class FlowRejected(ControlPlaneError, status=422, code="flow_invalid"):
     """The flow definition is not valid flow/v1; ``details['issues']`` lists why."""
 
-    status = 422
-    code = "flow_invalid"
 
-
-class SecretRefused(ControlPlaneError):
+class SecretRefused(ControlPlaneError, status=422, code="secret_refused"):
     """The agent could not open or store a sealed secret; the message says why."""
 
-    status = 422
-    code = "secret_refused"
 
-
-class AgentNoAnswer(ControlPlaneError):
+class AgentNoAnswer(ControlPlaneError, status=504, code="agent_no_answer"):
     """An online agent did not answer in time; what it did is unknown."""
 
-    status = 504
-    code = "agent_no_answer"
 
-
-class TokenRefused(ControlPlaneError):
+class TokenRefused(ControlPlaneError, status=401, code="token_unknown"):
     """Pairing refused: ``code`` is token_used, token_expired or token_unknown."""
-
-    status = 401
-    code = "token_unknown"

@@ -10,6 +10,8 @@ goes into the ``error`` frame sent back, and ``close_code`` is set by
 
 from __future__ import annotations
 
+from typing import Any
+
 from agent.errors import AgentError
 
 
@@ -31,6 +33,12 @@ class RemoteProtocolError(ProtocolError):
 
     code = "bad_frame"
 
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        # A subclass names its code in its header: class X(RemoteProtocolError, code="x").
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
         super().__init__(message, hint=hint)
         if code is not None:
@@ -38,59 +46,41 @@ class RemoteProtocolError(ProtocolError):
         self.close_code: int | None = None
 
 
-class FrameTooLarge(RemoteProtocolError):
+class FrameTooLarge(RemoteProtocolError, code="frame_too_large"):
     """The frame exceeds the size limit."""
 
-    code = "frame_too_large"
 
-
-class FrameTooDeep(RemoteProtocolError):
+class FrameTooDeep(RemoteProtocolError, code="frame_too_deep"):
     """The frame nests deeper than the depth limit."""
 
-    code = "frame_too_deep"
 
-
-class MalformedFrame(RemoteProtocolError):
+class MalformedFrame(RemoteProtocolError, code="malformed"):
     """The frame is not one JSON object (bad JSON, duplicate keys, bad text)."""
 
-    code = "malformed"
 
-
-class UnsupportedVersion(RemoteProtocolError):
+class UnsupportedVersion(RemoteProtocolError, code="bad_version"):
     """The frame's ``v`` is not a version this side speaks."""
 
-    code = "bad_version"
 
-
-class UnknownType(RemoteProtocolError):
+class UnknownType(RemoteProtocolError, code="unknown_type"):
     """The frame's ``type`` names no message of this protocol."""
 
-    code = "unknown_type"
 
-
-class InvalidFields(RemoteProtocolError):
+class InvalidFields(RemoteProtocolError, code="bad_field"):
     """A field is missing, unexpected, or of the wrong type."""
 
-    code = "bad_field"
 
-
-class UnexpectedFrame(RemoteProtocolError):
+class UnexpectedFrame(RemoteProtocolError, code="unexpected"):
     """A well-formed frame the session does not allow now or from this peer."""
 
-    code = "unexpected"
 
-
-class SignatureInvalid(RemoteProtocolError):
+class SignatureInvalid(RemoteProtocolError, code="bad_signature"):
     """A signature (flow, activation, auth nonce) does not verify."""
-
-    code = "bad_signature"
 
 
 class TokenMalformed(ProtocolError):
     """A pairing token string cannot be parsed (garbled, truncated, wrong kind)."""
 
 
-class KeyInvalid(RemoteProtocolError):
+class KeyInvalid(RemoteProtocolError, code="bad_key"):
     """A public key from the peer is malformed or does not match its pinned fingerprint."""
-
-    code = "bad_key"
