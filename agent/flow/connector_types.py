@@ -1,21 +1,53 @@
-"""The grammar of the built-in connector types beyond ``http``: ``service`` and ``sql``.
+"""The grammar of connector types: ``http``, ``service``, ``sql`` and plugins' types.
 
 Grammar only: which keys a connector definition takes and which fields a
 message element of that type may carry.  The connectors themselves live in
-``agent.connectors`` (``service.py``, ``sql.py``); docs/connectors.md has the
-whole contract.  ``parse`` imports this module, so every parse knows these
-types; plugins add theirs through ``register_connector_type`` at start-up.
+``agent.connectors`` (``http.py``, ``service.py``, ``sql.py``); docs/connectors.md
+has the whole contract.  Plugins add their types through
+``register_connector_type`` at start-up.
 
-Both types name their action freely (a service action name; ``query SQL`` or
-``execute SQL``) and return named outputs, so the parser checks neither: the
-connector refuses a bad action with a fault naming it.
+``service`` and ``sql`` name their action freely (a service action name;
+``query SQL`` or ``execute SQL``) and return named outputs, so the parser
+checks neither: the connector refuses a bad action with a fault naming it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
-from .parse import ConnectorType, register_connector_type
+_ACTION: Final = re.compile(r"([A-Z]+) (/.*)")
+_HTTP_OUTPUT: Final = re.compile(
+    r"status|headers\.[A-Za-z0-9_-]+|body((\.[A-Za-z0-9_-]+)|(\[\d+\]))*"
+)
+
+
+class ConnectorType:
+    """What a connector type accepts: in its definition and on message elements."""
+
+    def __init__(
+        self,
+        *,
+        config: tuple[str, ...],
+        required: tuple[str, ...],
+        element_fields: tuple[str, ...],
+        action: re.Pattern[str] | None = None,
+        outputs: re.Pattern[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.required = required
+        self.element_fields = element_fields
+        self.action = action
+        self.outputs = outputs
+
+
+HTTP: Final = ConnectorType(
+    config=("type", "base_url", "headers", "timeout"),
+    required=("base_url",),
+    element_fields=("body", "query", "headers"),
+    action=_ACTION,
+    outputs=_HTTP_OUTPUT,
+)
 
 SERVICE: Final = ConnectorType(
     config=("type", "url", "headers", "timeout"),
@@ -31,5 +63,9 @@ SQL: Final = ConnectorType(
     element_fields=("inputs",),
 )
 
-register_connector_type("service", SERVICE)
-register_connector_type("sql", SQL)
+CONNECTOR_TYPES: dict[str, ConnectorType] = {"http": HTTP, "service": SERVICE, "sql": SQL}
+
+
+def register_connector_type(name: str, kind: ConnectorType) -> None:
+    """Later connector types (plugins) declare their grammar here."""
+    CONNECTOR_TYPES[name] = kind

@@ -1,6 +1,6 @@
 """Building blocks of validation: paths, the issue collector, operands.
 
-Operands, rules and render trees are parsed here; elements in ``parse.py``.
+Operands, rules and render trees are parsed here; elements in ``parse_elements.py``.
 """
 
 from __future__ import annotations
