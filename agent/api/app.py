@@ -8,7 +8,12 @@ Middlewares, outermost first:
 1. count every request by route template, method and status;
 2. turn every error into RFC 9457 problem details (an HTML page under
    ``/ui/``), never a traceback;
-3. authenticate and refuse cross-site requests (see ``docs/api.md``).
+3. authenticate and refuse cross-site requests (see ``docs/api.md``);
+4. refuse unknown query parameters;
+5. read the body within ``body_timeout`` (408 and the connection closed
+   otherwise), so a client trickling a body cannot hold a connection and
+   a handler for ever.  Slow request heads are the listener's business
+   (``serve.ApiServer``'s ``header_timeout``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .problems import HTTP_CODES, Problem, from_problem, problem_response
 log = logging.getLogger("flow_agent.api")
 
 MAX_BODY = 1024 * 1024
+BODY_TIMEOUT = 30.0  # seconds a whole request body may take to arrive
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/livez", "/readyz"})
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -59,6 +65,7 @@ def create_app(
     max_body: int = MAX_BODY,
     callbacks: CallbackIssuer | None = None,
     accepting: Callable[[], bool | str] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> web.Application:
     """The local API and player page around ``runner`` (and its store and catalog).
 
@@ -76,6 +83,8 @@ def create_app(
     answering late); without it that route answers 404.  Unless
     ``accepting()`` is True, new runs are refused with 503 and the code it
     gives instead (``draining`` while the agent stops, ``outbox_full``).
+    A body that has not fully arrived ``body_timeout`` seconds after the
+    request's head is refused with 408 and its connection closed.
     """
     ctx = Context(
         runner=runner,
@@ -90,7 +99,13 @@ def create_app(
         ctx.accepting = accepting
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_count_requests, _problems(max_body), _authenticate, _known_query],
+        middlewares=[
+            _count_requests,
+            _problems(max_body),
+            _authenticate,
+            _known_query,
+            _read_body(body_timeout),
+        ],
     )
     app[CONTEXT] = ctx
     app.router.add_get("/livez", livez)
@@ -294,8 +309,34 @@ async def _known_query(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+def _read_body(timeout: float) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Read here, after authentication, so a stranger's body is never waited
+        # for; aiohttp keeps it, and the handlers' read()/post() use that copy.
+        if request.can_read_body:
+            try:
+                async with asyncio.timeout(timeout):
+                    await request.read()
+            except TimeoutError:
+                problem = Problem(
+                    408,
+                    "request_timeout",
+                    f"the request body did not arrive within {timeout:g} s",
+                )
+                response = _error(request, problem)
+                # Not kept alive: the rest of the body is read and dropped only
+                # for the listener's short lingering time, then the connection
+                # closes (closing at once would reset it and lose the answer).
+                response.force_close()
+                return response
+        return await handler(request)
+
+    return middleware
+
+
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-__all__ = ["MAX_BODY", "Metrics", "create_app", "problem_response"]
+__all__ = ["BODY_TIMEOUT", "MAX_BODY", "Metrics", "create_app", "problem_response"]

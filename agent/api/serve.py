@@ -9,6 +9,13 @@ bound beyond loopback without a token, the agent refuses to start
 start, plainly), and stops in two steps: the listener closes, then requests
 in flight get up to ``grace`` seconds (their runs' last steps are committed
 either way, so whatever is cut short resumes on the next start).
+
+A connection must deliver a complete request head within ``header_timeout``
+seconds of opening or of its previous response, else it is closed: this
+also closes idle keep-alive connections, and with the app's body deadline
+(``create_app(body_timeout=)``) no client can hold a connection by sending
+slowly.  A request refused before its body was read closes its connection
+after at most ``linger`` more seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ log = logging.getLogger("flow_agent.api")
 URL_META: Final = "api.url"  # where the daemon records the URL it listens on
 _CUT_SHORT: Final = 0.01  # seconds a forced stop gives handlers (0 would mean forever)
 _CUT_SHORT_WAIT: Final = 5.0
+HEADER_TIMEOUT: Final = 30.0
+LINGER: Final = 5.0
 
 
 def listen_address(settings: Settings) -> tuple[str, int]:
@@ -70,11 +79,32 @@ def public_url(settings: Settings, bound: str) -> str:
 class ApiServer:
     """One aiohttp application on one TCP listener."""
 
-    def __init__(self, app: web.Application, *, host: str, port: int, grace: float) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        host: str,
+        port: int,
+        grace: float,
+        header_timeout: float = HEADER_TIMEOUT,
+        linger: float = LINGER,
+    ) -> None:
         self.host = host
         self.port = port
         self.url: str | None = None
-        self._runner = web.AppRunner(app, shutdown_timeout=grace, access_log=None)
+        # aiohttp's keep-alive timer runs from the connection's start and from
+        # each response, and closes a connection still waiting for a whole
+        # request head: that is the head deadline (its default is an hour).
+        # A refusal sent before the body was read (401, 408, 413) is followed by
+        # up to ``linger`` seconds of reading and dropping the rest, so the
+        # client sees the answer rather than a reset; then the connection closes.
+        self._runner = web.AppRunner(
+            app,
+            shutdown_timeout=grace,
+            access_log=None,
+            keepalive_timeout=header_timeout,
+            lingering_time=linger,
+        )
         self._started = False
 
     async def start(self) -> str:
@@ -136,4 +166,12 @@ class ApiServer:
                 log.warning("the local API did not stop in time; leaving it to the exit")
 
 
-__all__ = ["URL_META", "ApiServer", "api_token", "listen_address", "public_url", "token_path"]
+__all__ = [
+    "HEADER_TIMEOUT",
+    "URL_META",
+    "ApiServer",
+    "api_token",
+    "listen_address",
+    "public_url",
+    "token_path",
+]
