@@ -49,6 +49,31 @@ def _exec_flags(p: argparse.ArgumentParser) -> None:
         help="the store's fsync level (default normal; see the README, Durability)",
     )
     p.add_argument(
+        "--http-allow-network",
+        action="append",
+        metavar="CIDR",
+        help="a network connectors may reach although a denied one holds it (repeatable;"
+        " setting http_allow_networks)",
+    )
+    p.add_argument(
+        "--http-deny-network",
+        action="append",
+        metavar="CIDR",
+        help="a network connectors must not reach; 'private' means loopback and the private"
+        " ranges (repeatable; setting http_deny_networks)",
+    )
+    p.add_argument(
+        "--http-max-response-bytes",
+        type=int,
+        metavar="BYTES",
+        help="largest connector response read (setting http_max_response_bytes, default 10 MiB)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file whose connector settings apply (as for 'flow-agent run')",
+    )
+    p.add_argument(
         "--secrets-key-file",
         metavar="FILE",
         help="the secret store's key (default STATE_DIR/secrets.key; see 'flow-agent secret')",

@@ -22,6 +22,7 @@ from agent.flow.model import Flow
 from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
 from agent.runtime.runner import Runner
 from agent.secrets import SecretStore, SecretsView
+from agent.settings import Settings, load_settings
 from agent.store.sqlite import SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -82,11 +83,23 @@ def _state_dir(given: str | None) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _connector_settings(args: argparse.Namespace) -> Settings:
+    """The connector settings: flag > FLOW_AGENT_* > the config file > default, as for ``run``."""
+    flags = {
+        "http_allow_networks": args.http_allow_network or None,
+        "http_deny_networks": args.http_deny_network or None,
+        "http_max_response_bytes": args.http_max_response_bytes,
+    }
+    return load_settings(flags, config=Path(args.config) if args.config else None)
+
+
 @asynccontextmanager
 async def _runner(
-    state_dir: Path, args: argparse.Namespace, local: list[Flow]
+    state_dir: Path, args: argparse.Namespace, local: list[Flow], *, connectors: bool = True
 ) -> AsyncIterator[Runner]:
     overrides = _pairs(args.secret, "--secret")
+    # A bad setting is refused before any state is made; `runs` calls no connector.
+    options = _connector_settings(args).connector_options() if connectors else {}
     store = SqliteStore.open(state_dir, synchronous=args.sync)
     key_file = getattr(args, "secrets_key_file", None)
     try:
@@ -96,7 +109,7 @@ async def _runner(
         raise
     # --secret overrides the encrypted store for this command only.
     secrets = SecretsView(vault, overrides)
-    registry = default_registry(secrets=secrets, state_dir=state_dir)
+    registry = default_registry(secrets=secrets, state_dir=state_dir, **options)
     try:
         catalog = Catalog(store, local=local)
         yield Runner(
@@ -179,7 +192,7 @@ def runs(args: argparse.Namespace) -> int:
     args.secret, args.max_wait, args.sync = [], 0.0, "normal"
 
     async def go() -> list[tuple[float, dict[str, Any]]]:
-        async with _runner(state_dir, args, []) as runner:
+        async with _runner(state_dir, args, [], connectors=False) as runner:
             records = runner.store.list_runs(status=args.status, top_level=True, limit=10_000)
             return [(r.updated_at, await runner.result_of(r.run_id)) for r in records]
 

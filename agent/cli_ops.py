@@ -128,6 +128,8 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
     return json.dumps(str(value))  # a TOML basic string is a JSON string
 
 

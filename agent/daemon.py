@@ -104,7 +104,9 @@ class Agent:
             callbacks = CallbackIssuer.for_state_dir(settings.state_dir, base_url=None)
         # Connector services call back through the local API (its URL is set once it listens).
         self.callbacks = callbacks
-        self.registry = registry or default_registry(callbacks=callbacks)
+        self.registry = registry or default_registry(
+            callbacks=callbacks, **settings.connector_options()
+        )
         # One registry for /metrics: the API's collectors and the daemon's.
         self.metrics = Metrics()
         self.ops_metrics = AgentMetrics(registry=self.metrics.registry)
@@ -485,7 +487,10 @@ async def _run(
             # The callback URL is known once the API listens (Agent._start_api).
             callbacks = CallbackIssuer.for_state_dir(settings.state_dir, base_url=None)
             registry = default_registry(
-                secrets=secrets, state_dir=settings.state_dir, callbacks=callbacks
+                secrets=secrets,
+                state_dir=settings.state_dir,
+                callbacks=callbacks,
+                **settings.connector_options(),
             )
             agent = Agent(
                 settings,

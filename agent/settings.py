@@ -18,6 +18,7 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Final
 
@@ -63,6 +64,18 @@ class Settings:
     api_token_file: Path | None = None
     api_public_url: str | None = None
     schedule_catch_up: str = "once"
+    # Connectors (docs/connectors.md)
+    http_allow_networks: tuple[str, ...] = ()
+    http_deny_networks: tuple[str, ...] = ()
+    http_max_response_bytes: int = 10 * 1024 * 1024
+
+    def connector_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``default_registry`` that come from settings."""
+        return {
+            "http_allow_networks": self.http_allow_networks,
+            "http_deny_networks": self.http_deny_networks,
+            "http_max_response_bytes": self.http_max_response_bytes,
+        }
 
 
 HELP: Final[Mapping[str, str]] = {
@@ -91,6 +104,13 @@ HELP: Final[Mapping[str, str]] = {
     "api_public_url": "the URL connector services call back to (default: http://API_LISTEN)",
     "schedule_catch_up": "schedule fires missed while the agent was down: once (run one"
     " run on start) or none (skip them)",
+    "http_allow_networks": "networks (address/prefix) http and service connectors may reach"
+    " although a denied network holds them, e.g. one metadata proxy",
+    "http_deny_networks": "more networks http and service connectors must not reach;"
+    " 'private' means loopback and the private ranges (link-local and cloud metadata"
+    " are always denied)",
+    "http_max_response_bytes": "largest response body an http or service connector"
+    " reads; a larger one faults the element",
 }
 
 # Below this an event (up to 256 KiB) might not fit one frame.
@@ -103,6 +123,8 @@ _CHOICES: Final[Mapping[str, tuple[str, ...]]] = {
     "log_format": ("auto", "json", "text"),
     "schedule_catch_up": ("once", "none"),
 }
+# A word that stands for a list of networks in the network settings.
+NETWORK_ALIASES: Final = frozenset({"private"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -166,6 +188,8 @@ def _convert(name: str, kind: str, value: object, where: str) -> Any:
             if not real > 0 or real == float("inf"):
                 raise ValueError("must be a positive number")
             return real
+        if base == "tuple[str, ...]":
+            return _networks(value)
         if base == "Path":
             if not isinstance(value, str | Path) or not str(value):
                 raise ValueError("expected a path")
@@ -188,6 +212,32 @@ def _convert(name: str, kind: str, value: object, where: str) -> Any:
             f"{where}: bad value {value!r} for setting {name!r}: {exc}",
             hint=f"{name}: {HELP[name]}",
         ) from None
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    """A list of networks: a TOML array, or text separated by commas or spaces (env, flags)."""
+    if isinstance(value, str):
+        items: list[object] = list(value.replace(",", " ").split())
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError("expected a list of networks")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not a network: write networks as text")
+        text = item.strip()
+        if text.lower() in NETWORK_ALIASES:
+            out.append(text.lower())
+            continue
+        try:
+            out.append(str(ip_network(text)))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a network: write address/prefix with no host bits set,"
+                " e.g. 10.1.2.0/24, 192.0.2.7/32 or fd00::/8, or 'private'"
+            ) from None
+    return tuple(out)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -322,7 +372,12 @@ def describe() -> list[tuple[str, str, str, str]]:
     """(name, environment variable, default, help) for every setting, for docs and --help."""
     rows = []
     for f in fields(Settings):
-        default = "see below" if f.name == "state_dir" else repr(f.default)
+        if f.name == "state_dir":
+            default = "see below"
+        elif f.default == ():
+            default = "none"
+        else:
+            default = repr(f.default)
         rows.append((f.name, ENV_PREFIX + f.name.upper(), default, HELP[f.name]))
     return rows
 

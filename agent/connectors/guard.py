@@ -72,6 +72,9 @@ PRIVATE_NETWORKS: tuple[str, ...] = (
     "fc00::/7",
 )
 
+# The word a network setting may hold for all of PRIVATE_NETWORKS.
+PRIVATE_ALIAS = "private"
+
 _NAT64 = IPv6Network("64:ff9b::/96")
 _NUMERIC_HOST_CHARS = frozenset("0123456789abcdefxABCDEFX.")
 
@@ -105,13 +108,16 @@ def parse_networks(values: Iterable[str | IPNetwork], *, setting: str) -> list[I
         if isinstance(value, IPv4Network | IPv6Network):
             networks.append(value)
             continue
+        if str(value).strip().lower() == PRIVATE_ALIAS:
+            networks.extend(ip_network(n) for n in PRIVATE_NETWORKS)
+            continue
         try:
             networks.append(ip_network(str(value).strip()))
         except ValueError as exc:
             raise ConfigError(
                 f"{setting}: {value!r} is not a network",
                 hint="write networks as address/prefix with no host bits set, "
-                "e.g. 10.1.2.0/24 or fd00::/8",
+                f"e.g. 10.1.2.0/24 or fd00::/8, or {PRIVATE_ALIAS!r}",
             ) from exc
     return networks
 
