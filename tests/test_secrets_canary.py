@@ -54,8 +54,9 @@ def _leaky_peer() -> web.Application:
     async def handler(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         return web.json_response(
-            {"message": f"credential {auth} refused", "echo": auth},
-            status=500,
+            {"message": f"credential {auth} refused", "echo": auth, "nested": [{auth: auth}]},
+            # /echo answers 200: what it echoes becomes the run's values.
+            status=200 if request.path == "/echo" else 500,
             headers={"X-Echo": auth},
         )
 
@@ -102,6 +103,29 @@ def _flows(url: str) -> list[dict[str, Any]]:
                     "fault": "keep",
                 },
                 **fault_end,
+            },
+        },
+        {
+            "format": "flow/v1",
+            "id": "http-echo",
+            "values": {**secret_value, **out, "header": {"type": "string", "access": "output"}},
+            "connectors": {
+                "erp": {
+                    "type": "http",
+                    "base_url": url,
+                    "headers": {"Authorization": "Bearer {{ tok }}"},
+                }
+            },
+            "start": "call",
+            "elements": {
+                "call": {
+                    "type": "message",
+                    "connector": "erp",
+                    "action": "GET /echo",
+                    "outputs": {"body": "body", "header": "headers.x-echo"},
+                    "next": "done",
+                },
+                "done": {"type": "end"},
             },
         },
         {
@@ -218,7 +242,13 @@ async def test_the_canary_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureF
 
     # The runs really went through the paths where the value was at hand.
     by_flow = {r["flow"]: r for r in results}
-    assert all(r["status"] == "failed" for r in results), results
+    assert all(r["status"] == "failed" for r in results if r["flow"] != "http-echo"), results
+    # A peer that echoes the credential in a 200: kept, but with the value taken out.
+    echoed = by_flow["http-echo"]
+    assert echoed["status"] == "completed", echoed
+    assert echoed["outputs"]["header"] == "Bearer ***"
+    assert echoed["outputs"]["body"]["echo"] == "Bearer ***"
+    assert echoed["outputs"]["body"]["nested"] == [{"Bearer ***": "Bearer ***"}]
     assert by_flow["http-leak"]["outputs"]["problem"]["status"] == 500
     assert "credential Bearer *** refused" in by_flow["service-leak"]["error"]["message"]
     assert "cannot connect" in by_flow["sql-leak"]["error"]["message"]

@@ -38,6 +38,7 @@ from .evaluate import (
     render,
     response_part,
     rule,
+    scrubbed,
     text,
     tree_names,
     until,
@@ -177,7 +178,7 @@ class Engine:
         if isinstance(event, Answer):
             new = self._answer(state, event)
         elif isinstance(event, ConnectorDone):
-            new = self._connector_done(state, event)
+            new = self._connector_done(state, event, secrets)
         elif isinstance(event, ChildFinished):
             new = self._child_finished(state, event)
         elif isinstance(event, TimerFired):
@@ -485,7 +486,20 @@ class Engine:
             scope[name] = secret
         return scope, tuple(v for v in scope.values() if v)
 
-    def _connector_done(self, state: RunState, event: ConnectorDone) -> RunState:
+    def _sent_secrets(self, tree: Any, secrets: Mapping[str, str]) -> tuple[str, ...]:
+        """The secret values a call rendered from ``tree`` carried (a missing one is skipped)."""
+        found = []
+        for name in tree_names(tree):
+            spec = self.flow.values.get(name)
+            if spec is not None and spec.type == "secret" and spec.secret is not None:
+                value = secrets.get(spec.secret)
+                if value:
+                    found.append(value)
+        return tuple(found)
+
+    def _connector_done(
+        self, state: RunState, event: ConnectorDone, secrets: Mapping[str, str]
+    ) -> RunState:
         pending = state.pending
         if not pending or pending["kind"] != "connector" or pending["visit"] != event.visit:
             raise EngineMisuse(
@@ -506,6 +520,7 @@ class Engine:
                 new, element, result.message, status=result.status, connector=element.connector
             )
         connector = self.flow.connectors[element.connector or ""]
+        sent = self._sent_secrets(connector.headers, secrets) if element.outputs else ()
         try:
             for name, source in element.outputs.items():
                 raw = (
@@ -513,7 +528,7 @@ class Engine:
                     if connector.type == "http"
                     else ((result.outputs or {}).get(source))
                 )
-                new.values[name] = self._convert(element, name, raw)
+                new.values[name] = self._convert(element, name, scrubbed(raw, sent))
         except RunFault as fault:
             self._fail(new, element.id, str(fault))
             return new

@@ -7,7 +7,7 @@ path or a failed run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal, DecimalException
 from typing import Any
@@ -207,6 +207,24 @@ def redacted(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
     return text
+
+
+def scrubbed(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` (plain JSON-like data) with every secret inside its strings replaced by ``***``.
+
+    A connector's answer can echo what it was sent (a debugging endpoint, an
+    error page quoting the Authorization header); what it returns becomes the
+    run's values, so secrets are taken out before they are kept.
+    """
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return redacted(value, secrets)
+    if isinstance(value, Mapping):
+        return {scrubbed(k, secrets): scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrubbed(item, secrets) for item in value]
+    return value
 
 
 def header_text(value: Any) -> str:

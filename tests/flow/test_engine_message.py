@@ -173,6 +173,22 @@ def test_a_2xx_result_fills_the_outputs_with_converted_values() -> None:
     }
 
 
+def test_a_response_that_echoes_the_secret_keeps_it_out_of_the_values() -> None:
+    driver, state, _ = started()
+    echo = f"Bearer {SECRET}"
+    body = {"id": echo, "a": {"b": ["1"]}, echo: [echo, 3]}
+    state = done(driver, state, ok=True, status=200, headers={"x-trace": echo}, body=body)
+    outputs = driver.result(state)["outputs"]
+    assert state.status == "completed"
+    assert outputs["ticket"] == outputs["trace"] == "Bearer ***"
+    assert outputs["reply"] == {
+        "id": "Bearer ***",
+        "a": {"b": ["1"]},
+        "Bearer ***": ["Bearer ***", 3],
+    }
+    assert SECRET not in json.dumps(state.values, default=str)
+
+
 def test_missing_parts_and_an_empty_body_give_null() -> None:
     driver, state, _ = started()
     state = done(driver, state, ok=True, status=204, body=None)
