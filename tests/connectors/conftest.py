@@ -11,6 +11,7 @@ from aiohttp import web
 
 from agent.connectors.guard import NetworkGuard
 from agent.connectors.http import HttpConnector
+from tests.support.net import LocalServer, serve_app
 
 from .helpers import RecordingSleep
 
@@ -20,23 +21,20 @@ Serve = Callable[..., Awaitable[str]]  # (app, *, ssl_context=None) -> base URL
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """Start an aiohttp app on 127.0.0.1, port 0 (TLS when given a context); its base URL."""
-    runners: list[web.AppRunner] = []
+    servers: list[LocalServer] = []
 
     async def start(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> str:
         # Handlers are cancelled when the client goes away, so hanging handlers
         # end with the test instead of holding up the cleanup.
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = runner.addresses[0][1]
-        scheme = "https" if ssl_context else "http"
-        return f"{scheme}://127.0.0.1:{port}"
+        server = await serve_app(
+            app, ssl_context=ssl_context, handler_cancellation=True, shutdown_timeout=1.0
+        )
+        servers.append(server)
+        return server.url
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.close()
 
 
 @pytest.fixture

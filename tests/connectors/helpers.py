@@ -1,4 +1,7 @@
-"""Helpers of the connector tests: a name table standing in for DNS, a recording sleep."""
+"""Helpers of the connector tests: a name table standing in for DNS, a recording sleep.
+
+``free_port`` is the shared one of ``tests.support.net``, named here for these tests.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from agent.connectors.base import ConnectorRequest, RetryPolicy
+from tests.support.net import free_port
 
 
 class RecordingSleep:
@@ -49,14 +53,6 @@ class NameTable(AbstractResolver):
         pass
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def request(
     base_url: str,
     action: str,
@@ -77,3 +73,6 @@ def request(
         timeout=fields.pop("timeout", 5.0),
         **fields,
     )
+
+
+__all__ = ["NameTable", "RecordingSleep", "free_port", "request"]

@@ -9,9 +9,8 @@ import aiohttp
 import pytest
 from cphelpers import Admin, FakeClock
 
-from controlplane.app import RunningServer, start_server
-from controlplane.service import ControlPlane
-from controlplane.settings import Settings
+from controlplane.app import RunningServer
+from tests.support.controlplane import running_cp
 
 
 @pytest.fixture
@@ -21,12 +20,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def server(tmp_path: Path, clock: FakeClock) -> AsyncIterator[RunningServer]:
-    settings = Settings(data_dir=tmp_path / "cp", region="eu-1")
-    running = await start_server(ControlPlane(settings, clock=clock), host="127.0.0.1", port=0)
-    try:
-        yield running
-    finally:
-        await running.stop()
+    data = tmp_path / "cp"
+    async with running_cp(data, tenant=None, region="eu-1", clock=clock, port=0) as handle:
+        assert handle.server is not None
+        yield handle.server
 
 
 @pytest.fixture

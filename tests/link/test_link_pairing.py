@@ -18,6 +18,7 @@ from agent.link.state import LinkState, read_link_status
 from agent.link.transport import PlaintextRefused
 from agent.protocol.errors import TokenMalformed
 from agent.protocol.signing import PairingToken, parse_token, public_key_b64
+from tests.support.net import serve_app
 
 from .linkhelpers import AgentUnderTest, Cp
 
@@ -161,14 +162,10 @@ async def test_a_redirect_to_another_host_is_refused(tmp_path: Path, cp: Cp) -> 
 
     app = web.Application()
     app.router.add_post("/agent/v1/pair", bounce)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = await serve_app(app)
     token = parse_token(await cp.token())
     redirecting = PairingToken(
-        url=f"http://127.0.0.1:{port}", region=token.region, fp=token.fp, secret=token.secret
+        url=server.url, region=token.region, fp=token.fp, secret=token.secret
     )
     under_test = AgentUnderTest(tmp_path / "agent")
     try:
@@ -177,7 +174,7 @@ async def test_a_redirect_to_another_host_is_refused(tmp_path: Path, cp: Cp) -> 
     finally:
         if under_test.store is not None:
             under_test.store.close()
-        await runner.cleanup()
+        await server.close()
     assert "redirect to http://localhost:9/agent/v1/pair" in failed.value.message
 
 

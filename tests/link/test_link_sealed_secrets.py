@@ -27,6 +27,7 @@ from agent.protocol.frames import SealedSecret, SecretPush
 from agent.protocol.sealing import seal
 from agent.protocol.signing import generate_private_key, parse_token, public_key_b64
 from agent.secrets import SecretStore, SecretsView, load_sealing_key, public_key_text
+from tests.support.net import serving
 
 from .linkhelpers import AgentUnderTest, Cp, within
 
@@ -73,15 +74,8 @@ async def erp() -> AsyncIterator[tuple[int, list[str]]]:
 
     app = web.Application()
     app.router.add_get("/orders", orders)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port, seen
-    finally:
-        await runner.cleanup()
+    async with serving(app) as server:
+        yield server.port, seen
 
 
 async def start_with_vault(under: AgentUnderTest) -> SecretStore:

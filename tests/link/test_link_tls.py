@@ -16,6 +16,7 @@ from agent.identity import load_private_key
 from agent.link.pairing import PairingFailed
 from agent.link.state import LinkState, read_link_status
 from agent.link.transport import PlaintextRefused
+from tests.support.net import serve_app
 
 from .linkhelpers import AgentUnderTest, Cp, until, within
 from .proxy import ConnectProxy
@@ -152,12 +153,9 @@ async def test_a_link_redirect_to_another_host_is_refused(
 
     app = web.Application()
     app.router.add_get("/agent/v1/connect", bounce)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
+    server = await serve_app(app)
     assert agent.identity is not None
-    agent.identity = replace(agent.identity, url=f"http://127.0.0.1:{port}")
+    agent.identity = replace(agent.identity, url=server.url)
     try:
         started = await agent.start(connected=False)
         await until(
@@ -167,4 +165,4 @@ async def test_a_link_redirect_to_another_host_is_refused(
         assert started.link.sessions == 0
     finally:
         await agent.stop()
-        await runner.cleanup()
+        await server.close()

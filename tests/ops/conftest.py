@@ -6,28 +6,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from link.linkhelpers import AgentUnderTest, Cp
+
+from tests.support.agent import AgentUnderTest, paired_agent
+from tests.support.controlplane import Cp, running_cp
 
 
 @pytest.fixture
 async def cp(tmp_path: Path) -> AsyncIterator[Cp]:
-    handle = await Cp(tmp_path / "cp").start()
-    await handle.tenant("acme")
-    try:
+    async with running_cp(tmp_path / "cp") as handle:
         yield handle
-    finally:
-        await handle.stop()
 
 
 @pytest.fixture
 async def agent(tmp_path: Path, cp: Cp) -> AsyncIterator[AgentUnderTest]:
     """An agent paired with tenant ``acme``, not started."""
-    under_test = AgentUnderTest(tmp_path / "agent")
-    await under_test.pair(await cp.token())
-    if under_test.store is not None:  # pairing opened it; start() and doctor open their own
-        under_test.store.close()
-        under_test.store = None
-    try:
+    async with paired_agent(cp, tmp_path / "agent") as under_test:
+        if under_test.store is not None:  # pairing opened it; start() and doctor open their own
+            under_test.store.close()
+            under_test.store = None
         yield under_test
-    finally:
-        await under_test.stop()
