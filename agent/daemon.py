@@ -188,6 +188,7 @@ class Agent:
             clock=clock,
             rescan=settings.timer_interval,
             on_fire=self.ops_metrics.schedule_fired,
+            accepting=self._accepting,  # backpressure, as for the API and the control plane
         )
         # The local API (only when asked: tests and embedders assemble agents
         # without one).  ``api_started`` is set once it listens, or at the start

@@ -17,6 +17,12 @@ Exactly once, across restarts:
   latest fire time handled, or when the schedule was first seen.  A new
   schedule counts from then: it never fires for times before it existed.
 
+While the agent takes no new runs (``accepting()`` is not True: the outbox
+is full, as for the API's and the control plane's starts), a due fire is
+still recorded and its mark moved, with the reason in its ``error``, and
+starts no run: it is skipped, logged as a warning, and neither retried nor
+caught up later.
+
 Fires missed while the agent was down (or asleep) are those between the mark
 and now.  ``catch_up="once"`` runs one run for all of them, at the latest
 missed fire time; ``"none"`` skips them (a fire up to ``MISFIRE_GRACE``
@@ -67,6 +73,10 @@ _ULID: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _WEEKDAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 Spawn = Callable[[str, Coroutine[Any, Any, None]], object]
+
+
+def _always() -> bool | str:
+    return True
 
 
 class ScheduleError(AgentError):
@@ -216,7 +226,9 @@ class Scheduler:
 
     ``spawn(run_id, coroutine)`` hands a run's start to whoever owns run
     tasks (the daemon's ``RunPool``).  ``on_fire(flow_id)`` is told of every
-    fire recorded (the ``flow_agent_schedule_fires_total`` counter).
+    fire recorded (the ``flow_agent_schedule_fires_total`` counter), skipped
+    ones too.  ``accepting()`` is True while new runs may start, else why not
+    (``outbox_full``): the API's contract, so the daemon gives both the same.
     """
 
     def __init__(
@@ -231,6 +243,7 @@ class Scheduler:
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
         rescan: float = 1.0,
         on_fire: Callable[[str], None] | None = None,
+        accepting: Callable[[], bool | str] = _always,
     ) -> None:
         if catch_up not in CATCH_UP:
             raise ValueError(f"catch_up is one of {CATCH_UP}, not {catch_up!r}")
@@ -243,6 +256,7 @@ class Scheduler:
         self.sleep = sleep
         self.rescan = rescan
         self.on_fire = on_fire
+        self.accepting = accepting
         self.next_time: float | None = None  # the earliest fire still to come
         self._triggers: dict[Schedule, BaseTrigger] = {}
         self._broken: set[Schedule] = set()
@@ -304,6 +318,8 @@ class Scheduler:
         """Record and start what is due at ``now``; returns the fires started."""
         now = self.clock() if now is None else now
         schedules = self.schedules()
+        answer = self.accepting()
+        refused = None if answer is True else str(answer or "refused")
         conn = _connection(self.store)
         fires: list[Fire] = []
         recorded: list[Fire] = []
@@ -338,8 +354,10 @@ class Scheduler:
                         fire = self._due(conn, schedule, trigger, last, now)
                         if fire is not None:
                             last = fire.fire_time
-                            fires.append(fire)
-                            if self._record(conn, fire, now):
+                            why = None if refused is None else f"skipped: {refused}"
+                            if why is None:
+                                fires.append(fire)
+                            if self._record(conn, fire, now, error=why):
                                 recorded.append(fire)
                     following = next_fire(trigger, max(last, now))
                     if following is not None:
@@ -348,6 +366,17 @@ class Scheduler:
             raise StoreError(f"schedules: cannot update {self.store.path}: {exc}") from exc
         self.next_time = min(upcoming, default=None)
         for fire in recorded:
+            if self.on_fire is not None:
+                self.on_fire(fire.flow_id)
+            if refused is not None:
+                log.warning(
+                    "flow %s: schedule fired for %s but starts no run: new runs are refused"
+                    " (%s); this fire is skipped, not retried",
+                    fire.flow_id,
+                    _iso(fire.fire_time),
+                    refused,
+                )
+                continue
             log.info(
                 "flow %s: schedule fired for %s%s (run %s)",
                 fire.flow_id,
@@ -357,8 +386,6 @@ class Scheduler:
                 else "",
                 fire.run_id,
             )
-            if self.on_fire is not None:
-                self.on_fire(fire.flow_id)
         return self._launch_all(fires)
 
     def _due(
@@ -397,12 +424,12 @@ class Scheduler:
         )
 
     @staticmethod
-    def _record(conn: sqlite3.Connection, fire: Fire, now: float) -> bool:
+    def _record(conn: sqlite3.Connection, fire: Fire, now: float, *, error: str | None) -> bool:
         """Record ``fire``; False when it already was (two schedules, one minute)."""
         cursor = conn.execute(
-            "INSERT INTO schedule_fires (flow_id, fire_time, run_id, recorded_at)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (flow_id, fire_time) DO NOTHING",
-            (fire.flow_id, int(fire.fire_time), fire.run_id, now),
+            "INSERT INTO schedule_fires (flow_id, fire_time, run_id, recorded_at, error)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (flow_id, fire_time) DO NOTHING",
+            (fire.flow_id, int(fire.fire_time), fire.run_id, now, error),
         )
         return cursor.rowcount == 1
 

@@ -91,6 +91,65 @@ async def test_a_schedule_fires_while_the_control_plane_is_down_and_is_reported_
         await cp.stop()
 
 
+async def test_a_schedule_starts_no_run_while_the_outbox_is_full(tmp_path: Path) -> None:
+    """Backpressure as for the API's and the control plane's starts: a fire while
+    ``outbox_limit`` events wait is recorded as skipped and starts no run."""
+    cp = await Cp(tmp_path / "cp").start()
+    await cp.tenant("acme")
+    state = tmp_path / "agent"
+    store = SqliteStore.open(state, synchronous="normal")
+    clock = Shifted()
+    task: asyncio.Task[None] | None = None
+    agent: Agent | None = None
+    try:
+        identity = (await pair(await cp.token(), state_dir=state, store=store)).identity
+        adopt_identity(store, identity)
+        settings = Settings(state_dir=state, timer_interval=0.05, drain_timeout=5.0, outbox_limit=2)
+        agent = Agent(
+            settings, store=store, identity=identity, key=load_private_key(state), clock=clock
+        )
+        task = asyncio.get_running_loop().create_task(agent.serve())
+        await within(agent.link.ready.wait(), "the agent to connect")
+        await cp.publish(scheduled("report", {"schedule": "*/5 * * * *"}))
+        a = agent
+        await until(lambda: bool(a.sync.inventory()), "the flow to sync")
+        await until(lambda: _marks(store) == 1, "the schedule to be seen")
+        await cp.stop()
+        await until(lambda: not a.link.ready.is_set(), "the link to notice")
+
+        fires = []
+        for _ in range(2):
+            now = clock()
+            fire_time = (int(now) // 300 + 1) * 300
+            clock.offset += fire_time - now + 1  # one second past the next fire time
+            fires.append(fire_time)
+            await until(lambda t=fire_time: _fire_error(store, t) != "", "the fire recorded")
+            if len(fires) == 1:  # the first run's events fill the outbox
+                run_id = fire_run_id("report", fire_time)
+                await until(lambda r=run_id: _status(store, r) == "completed", "the first run")
+                assert agent.outbox.full()
+        second = fire_run_id("report", fires[1])
+        assert _fire_error(store, fires[0]) is None
+        assert _fire_error(store, fires[1]) == "skipped: outbox_full"
+        assert store.get_run(second) is None
+        body, _ = agent.metrics.render()
+        assert b'flow_agent_schedule_fires_total{flow="report"} 2.0' in body
+    finally:
+        if agent is not None and task is not None:
+            agent.request_stop()
+            await within(task, "the agent to stop")
+        store.close()
+        await cp.stop()
+
+
+def _fire_error(store: SqliteStore, fire_time: int) -> str | None:
+    """A fire's error (None when it started its run), or "" when it is not recorded."""
+    row = store._conn.execute(
+        "SELECT error FROM schedule_fires WHERE fire_time = ?", (fire_time,)
+    ).fetchone()
+    return "" if row is None else row[0]
+
+
 def _marks(store: SqliteStore) -> int:
     return int(store._conn.execute("SELECT count(*) FROM schedule_marks").fetchone()[0])
 

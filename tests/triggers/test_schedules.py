@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.link.outbox import NewEvent, Outbox
 from agent.runtime.triggers import MISFIRE_GRACE, fire_run_id
 
 from .conftest import Clock, World, at, publish, scheduled
@@ -209,3 +210,41 @@ async def test_the_loop_sleeps_until_the_next_fire_and_rescans_meanwhile(
     assert naps == [120.0, 120.0, 30.0, 120.0, 120.0]
     await starts.drive()
     assert [r[0] for r in world.runs()] == [fire_run_id("report", at(2026, 1, 5, 8, 5))]
+
+
+async def test_a_fire_while_the_outbox_is_full_is_recorded_skipped_and_not_retried(
+    world: World, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(world.store, limit=2)
+
+    def accepting() -> bool | str:
+        return "outbox_full" if outbox.full() else True  # as the daemon answers the API
+
+    publish(world.store, scheduled("report", EVERY_5))
+    scheduler, starts = world.scheduler(accepting=accepting)
+    scheduler.tick()
+    event = NewEvent(kind="run.started", run_id="r_other", at="2026-01-05T08:00:00Z", data={})
+    outbox.append([event, event])  # two events wait for the control plane: full
+    clock.now = at(2026, 1, 5, 8, 5)
+    assert scheduler.tick() == []
+    skipped = fire_run_id("report", at(2026, 1, 5, 8, 5))
+    assert world.fires() == [("report", int(clock.now), skipped, "skipped: outbox_full")]
+    assert starts.pending == [] and world.runs() == []
+    assert world.fired == ["report"]  # the fire happened; only its run was refused
+    assert "skipped" in caplog.text and "outbox_full" in caplog.text
+
+    # Ticked again, restarted, and once the outbox drains: that fire never runs.
+    assert scheduler.tick() == []
+    clock.now = at(2026, 1, 5, 8, 6)
+    again, again_starts = world.scheduler(accepting=accepting)
+    assert again.recover() == [] and again.tick() == []
+    outbox.ack(outbox.last_seq())
+    assert again.tick() == []
+    assert again_starts.pending == [] and world.runs() == []
+
+    # The next fire time, with room in the outbox, runs as usual.
+    clock.now = at(2026, 1, 5, 8, 10)
+    assert [f.run_id for f in again.tick()] == [fire_run_id("report", clock.now)]
+    await again_starts.drive()
+    assert [r[0] for r in world.runs()] == [fire_run_id("report", clock.now)]
+    assert len(world.fires()) == 2 and world.fired == ["report", "report"]
