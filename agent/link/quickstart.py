@@ -17,6 +17,8 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,9 +30,6 @@ from agent.store.sqlite import SqliteStore
 
 TENANT: Final = "demo"
 STEP_TIMEOUT: Final = 15.0
-# A source checkout has them next to the package; an installed agent finds
-# them in the directory it is started from (the checkout it was installed from).
-EXAMPLE_DIRS: Final = (Path(__file__).resolve().parents[2] / "examples", Path("examples"))
 # The demo's runs: (flow id, inputs, what it shows).
 DEMO_RUNS: Final = (
     ("hello", {"name": "quickstart"}, "a pure flow: operator, decision, end"),
@@ -41,23 +40,32 @@ DEMO_RUNS: Final = (
 Say = Callable[[str], None]
 
 
-def example_flows(roots: tuple[Path, ...] = EXAMPLE_DIRS) -> list[dict[str, Any]]:
+def bundled_examples() -> Traversable:
+    """The example flows shipped inside the package, wherever it is installed.
+
+    They live in ``agent/examples/`` (package data); a source checkout's
+    ``examples/`` links to them for the docs and the tests.
+    """
+    return resources.files("agent") / "examples"
+
+
+def example_flows(root: Traversable | None = None) -> list[dict[str, Any]]:
     """The bundled examples, subflows first (a flow's subflows must be there before it runs)."""
-    paths: list[Path] = []
-    for root in roots:
-        paths = sorted((root / "flows").glob("*.json")) + sorted(root.glob("*.json"))
-        if paths:
-            break
+    root = bundled_examples() if root is None else root
+    paths = _json_files(root / "flows") + _json_files(root)
     if not paths:
         raise OperationError(
-            "no example flows found (looked in " + ", ".join(str(r) for r in roots) + ")",
-            hint="run quickstart from the source checkout, where examples/ is",
+            f"no example flows found in {root}",
+            hint="the installation is incomplete: reinstall flow-agent",
         )
-    docs = []
-    for path in paths:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        docs.append(doc)
-    return docs
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+
+
+def _json_files(folder: Traversable) -> list[Traversable]:
+    if not folder.is_dir():
+        return []
+    found = [item for item in folder.iterdir() if item.is_file() and item.name.endswith(".json")]
+    return sorted(found, key=lambda item: item.name)
 
 
 async def _within(what: str, waiter: Any) -> Any:
@@ -175,4 +183,4 @@ async def _until_interrupted() -> None:
                 loop.remove_signal_handler(sig)
 
 
-__all__ = ["DEMO_RUNS", "example_flows", "quickstart"]
+__all__ = ["DEMO_RUNS", "bundled_examples", "example_flows", "quickstart"]
