@@ -1,20 +1,28 @@
-"""Real processes and real servers for end-to-end tests."""
+"""Real processes and real servers for end-to-end tests.
+
+``wait_for`` and ``free_port`` are the shared ones of ``tests.support``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from controlplane.client import AdminClient
+from tests.support.net import LocalServer, free_port, serve_app
+from tests.support.waits import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,19 +54,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any FLOW_AGENT_ setting, the checkout importable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOW_AGENT_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
 def write_flow(directory: Path, doc: dict[str, Any]) -> Path:
     path = directory / f"{doc['id']}.json"
     path.write_text(json.dumps(doc))
     return path
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 def run_rows(state_dir: Path) -> list[tuple[str, str, str]]:
@@ -88,7 +95,7 @@ class StallingServer:
         self._release: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server: LocalServer | None = None
 
     async def _slow(self, request: web.Request) -> web.Response:
         self.keys.append(request.headers.get("Idempotency-Key", ""))
@@ -105,13 +112,8 @@ class StallingServer:
             self._release = asyncio.Event()
             app = web.Application()
             app.router.add_post("/slow", self._slow)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._server = await serve_app(app)
+            self.port = self._server.port
             self._ready.set()
 
         self._loop.run_until_complete(start())
@@ -130,9 +132,100 @@ class StallingServer:
         self.release()
 
         async def stop() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
+            if self._server is not None:
+                await self._server.close()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class CpProcess:
+    """``flow-controlplane serve`` on a fixed port, so a restart keeps the agent's URL."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self._drain: threading.Thread | None = None
+
+    def start(self) -> CpProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.cli", "serve", "--data", str(self.data),
+             "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=clean_env(),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, line
+        # Keep draining stdout so the server never blocks on a full pipe.
+        self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        self._drain.start()
+        return self
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        if self._drain is not None:
+            self._drain.join(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.proc = None
+
+    def completed(self) -> set[str]:
+        runs = self.admin.call("GET", "/admin/v1/tenants/acme/runs?limit=1000")["runs"]
+        return {r["run_id"] for r in runs if r["status"] == "completed"}
+
+    def online(self, agent_id: str) -> bool:
+        agent = self.admin.call("GET", f"/admin/v1/tenants/acme/agents/{agent_id}")
+        return bool(agent["status"] == "online")
+
+    @property
+    def admin(self) -> AdminClient:
+        key = (self.data / "admin.key").read_text().strip()
+        return AdminClient(url=self.url, admin_key=key, timeout=20)
+
+    def token(self, tenant: str = "acme", ttl: str | None = None) -> str:
+        body = {} if ttl is None else {"ttl": float(ttl)}
+        answer = self.admin.call("POST", f"/admin/v1/tenants/{tenant}/tokens", body)
+        return str(answer["token"])
+
+    def events(self, agent_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        while True:
+            path = f"/admin/v1/tenants/acme/agents/{agent_id}/events?after={len(found)}&limit=1000"
+            page = self.admin.call("GET", path)["events"]
+            if not page:
+                return found
+            found.extend(page)
+
+
+@contextmanager
+def cp_process(data: Path, *, tenant: str = "acme") -> Iterator[CpProcess]:
+    """A started ``CpProcess`` with ``tenant`` created, killed when the block ends."""
+    server = CpProcess(data).start()
+    try:
+        server.admin.call("POST", "/admin/v1/tenants", {"name": tenant})
+        yield server
+    finally:
+        server.kill()
+
+
+__all__ = [
+    "ROOT",
+    "CpProcess",
+    "StallingServer",
+    "agent_cmd",
+    "clean_env",
+    "cp_process",
+    "free_port",
+    "run_agent",
+    "run_rows",
+    "spawn_agent",
+    "wait_for",
+    "write_flow",
+]

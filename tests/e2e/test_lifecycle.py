@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
-from .helpers import ROOT, wait_for
-from .test_link_processes import CpProcess
+from tests.support.net import serve_app
+
+from .helpers import ROOT, CpProcess, cp_process, free_port, wait_for
 
 HELLO: dict[str, Any] = {
     "format": "flow/v1",
@@ -36,12 +37,6 @@ HELLO: dict[str, Any] = {
     "start": "done",
     "elements": {"done": {"type": "end"}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Systemd:
@@ -90,7 +85,7 @@ class Daemon:
 
     def __init__(self, state: Path, systemd: Systemd | None, **env: str) -> None:
         self.state = state
-        self.api_port = _free_port()
+        self.api_port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW_AGENT_", "NOTIFY"))}
         full.update(
             PYTHONPATH=str(ROOT),
@@ -190,7 +185,7 @@ class Sink:
         from aiohttp import web
 
         self.keys: list[str] = []
-        self.port = _free_port()
+        self.port = 0
         self._loop = asyncio.new_event_loop()
         self._gate = threading.Event()
         self._ready = threading.Event()
@@ -205,9 +200,8 @@ class Sink:
         async def start() -> None:
             app = web.Application()
             app.router.add_post("/call", call)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            self._server = await serve_app(app, shutdown_timeout=0.1)
+            self.port = self._server.port
             self._ready.set()
 
         def serve() -> None:
@@ -229,7 +223,7 @@ class Sink:
         import asyncio
 
         self.release()
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._server.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -255,12 +249,8 @@ class Sink:
 
 @pytest.fixture
 def cp(tmp_path: Path) -> Iterator[CpProcess]:
-    server = CpProcess(tmp_path / "cp").start()
-    server.admin.call("POST", "/admin/v1/tenants", {"name": "acme"})
-    try:
+    with cp_process(tmp_path / "cp") as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

@@ -8,12 +8,9 @@ is reported twice, a killed run resumes and completes once.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +21,8 @@ from agent.cli import main
 from agent.errors import StateDirLocked
 from agent.link.status import read_status
 from agent.store.sqlite import SqliteStore
-from controlplane.client import AdminClient
 
-from .helpers import ROOT, StallingServer, wait_for
+from .helpers import ROOT, CpProcess, StallingServer, clean_env, cp_process, wait_for
 
 HELLO: dict[str, Any] = {
     "format": "flow/v1",
@@ -36,92 +32,15 @@ HELLO: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOW_AGENT_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["FLOW_AGENT_API_LISTEN"] = "127.0.0.1:0"  # never the default port another agent may hold
-    env.update(extra)
-    return env
-
-
-class CpProcess:
-    """``flow-controlplane serve`` on a fixed port, so a restart keeps the agent's URL."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-        self._drain: threading.Thread | None = None
-
-    def start(self) -> CpProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "serve", "--data", str(self.data),
-             "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(),
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, line
-        # Keep draining stdout so the server never blocks on a full pipe.
-        self._drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
-        self._drain.start()
-        return self
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        if self._drain is not None:
-            self._drain.join(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.proc = None
-
-    def completed(self) -> set[str]:
-        runs = self.admin.call("GET", "/admin/v1/tenants/acme/runs?limit=1000")["runs"]
-        return {r["run_id"] for r in runs if r["status"] == "completed"}
-
-    def online(self, agent_id: str) -> bool:
-        agent = self.admin.call("GET", f"/admin/v1/tenants/acme/agents/{agent_id}")
-        return bool(agent["status"] == "online")
-
-    @property
-    def admin(self) -> AdminClient:
-        key = (self.data / "admin.key").read_text().strip()
-        return AdminClient(url=self.url, admin_key=key, timeout=20)
-
-    def token(self, tenant: str = "acme", ttl: str | None = None) -> str:
-        body = {} if ttl is None else {"ttl": float(ttl)}
-        answer = self.admin.call("POST", f"/admin/v1/tenants/{tenant}/tokens", body)
-        return str(answer["token"])
-
-    def events(self, agent_id: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        while True:
-            path = f"/admin/v1/tenants/acme/agents/{agent_id}/events?after={len(found)}&limit=1000"
-            page = self.admin.call("GET", path)["events"]
-            if not page:
-                return found
-            found.extend(page)
+    # The API on a free port: never the default port another agent may hold.
+    return clean_env(**{"FLOW_AGENT_API_LISTEN": "127.0.0.1:0", **extra})
 
 
 @pytest.fixture
 def cp(tmp_path: Path) -> Iterator[CpProcess]:
-    server = CpProcess(tmp_path / "cp").start()
-    server.admin.call("POST", "/admin/v1/tenants", {"name": "acme"})
-    try:
+    with cp_process(tmp_path / "cp") as server:
         yield server
-    finally:
-        server.kill()
 
 
 def _status(state: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ listens on ``127.0.0.1:0``; the URL it chose is read from its store.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -26,9 +25,8 @@ from typing import Any
 import pytest
 
 from agent.api.webhooks import sign
-from controlplane.client import AdminClient
 
-from .helpers import ROOT, wait_for
+from .helpers import ROOT, CpProcess, clean_env, free_port, wait_for
 
 HELLO: dict[str, Any] = {
     "format": "flow/v1",
@@ -50,19 +48,6 @@ HELLO: dict[str, Any] = {
 HOOKED: dict[str, Any] = {**HELLO, "id": "hooked", "triggers": [{"webhook": True}]}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOW_AGENT_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
 def _lines(stream: Any, into: list[str]) -> threading.Thread:
     """Keep reading a pipe (so the process never blocks on it), remembering the lines."""
 
@@ -75,27 +60,13 @@ def _lines(stream: Any, into: list[str]) -> threading.Thread:
     return thread
 
 
-class ControlPlane:
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.cli", "serve", "--data", str(data),
-             "--port", self.url.rsplit(":", 1)[1]],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=_env(),
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, line
-        self.out: list[str] = []
-        _lines(self.proc.stdout, self.out)
-        self.admin = AdminClient(
-            url=self.url, admin_key=(data / "admin.key").read_text().strip(), timeout=20
-        )
-        self.admin.call("POST", "/admin/v1/tenants", {"name": "acme"})
+class ControlPlane(CpProcess):
+    """``flow-controlplane serve`` with tenant ``acme``, started when made."""
 
-    def token(self) -> str:
-        return str(self.admin.call("POST", "/admin/v1/tenants/acme/tokens", {})["token"])
+    def __init__(self, data: Path) -> None:
+        super().__init__(data)
+        self.start()
+        self.admin.call("POST", "/admin/v1/tenants", {"name": "acme"})
 
     def publish(self, doc: dict[str, Any]) -> None:
         self.admin.call("POST", "/admin/v1/tenants/acme/flows", {"definition": doc})
@@ -110,9 +81,7 @@ class ControlPlane:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.kill()
 
 
 @pytest.fixture
@@ -133,7 +102,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--state-dir", str(state)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-            env=_env(FLOW_AGENT_LOG_FORMAT="text", **{**settings, **env}),
+            env=clean_env(FLOW_AGENT_LOG_FORMAT="text", **{**settings, **env}),
         )  # fmt: skip
         self.err: list[str] = []  # its log (stdout) and its errors (stderr)
         self._pump = _lines(self.proc.stdout, self.err)
@@ -244,7 +213,7 @@ def test_beyond_loopback_the_api_needs_a_token_and_refuses_to_start_without_one(
 
     made = subprocess.run(
         [sys.executable, "-m", "agent.cli", "api-token", "--state-dir", str(state)],
-        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
+        capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=30,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
@@ -287,12 +256,12 @@ class ConnectorService:
     """examples/connector-service/service.py, as its README starts it."""
 
     def __init__(self, token: str, *, delay: float) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "examples" / "connector-service" / "service.py"),
              "--port", str(self.port), "--token", token, "--callback-delay", str(delay)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=clean_env(),
         )  # fmt: skip
 
         def up() -> bool:
@@ -358,12 +327,12 @@ def _pair_with_secret(state: Path, cp: ControlPlane, name: str, value: str) -> N
     """``flow-agent pair``, then ``flow-agent secret set NAME`` (the value on stdin)."""
     paired = subprocess.run(
         [sys.executable, "-m", "agent.cli", "pair", cp.token(), "--state-dir", str(state)],
-        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
+        capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=30,
     )  # fmt: skip
     assert paired.returncode == 0, paired.stderr
     stored = subprocess.run(
         [sys.executable, "-m", "agent.cli", "secret", "set", name, "--state-dir", str(state)],
-        input=value, capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=30,
+        input=value, capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=30,
     )  # fmt: skip
     assert stored.returncode == 0, stored.stderr
 
