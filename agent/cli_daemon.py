@@ -183,6 +183,9 @@ def pair_cmd(args: argparse.Namespace) -> int:
     print(f"tenant:        {identity.tenant}")
     print(f"control plane: {identity.url} (region {identity.region})")
     print(f"state:         {settings.state_dir}")
+    if result.previous is not None:
+        retired = "revoked" if result.retired else "still valid until an admin revokes it"
+        print(f"previous id:   {result.previous} ({retired})")
     return EXIT_OK
 
 

@@ -208,22 +208,37 @@ class ControlPlane:
                 load_sealing_public_key(sealing_key)
             except SealedSecretInvalid as exc:
                 raise BadRequest(f"sealing_key is not usable: {exc.message}") from None
-        agent = await self.db.run(
+        previous = _previous(body.get("previous"))
+        agent, retired = await self.db.run(
             lambda: self.store.pair(
                 secret_hash=token_secret_hash(secret),
                 public_key=public_key,
                 name=name,
                 facts=facts,
                 sealing_key=sealing_key,
+                previous=previous,
             )
         )
         log.info("agent %s paired to tenant %s", agent.id, agent.tenant)
+        if retired is not None:
+            # Its link, if any, ends now, as after an admin's revoke.
+            await self.hub.disconnect(retired, code=CloseCode.REVOKED, reason="agent re-paired")
+            log.info("agent %s revoked: its host re-paired as %s", retired, agent.id)
+        elif previous is not None:
+            log.warning(
+                "agent %s re-paired as %s without retiring %s (unknown here, of another"
+                " tenant, or its proof does not verify); revoke it if it is not in use",
+                agent.name,
+                agent.id,
+                previous[0],
+            )
         return {
             "agent_id": agent.id,
             "tenant": agent.tenant,
             "region": self.settings.region,
             "url": self.public_url,
             "signing_key": public_key_b64(self.signing_key),
+            "retired": retired,
         }
 
     async def revoke(self, tenant: str, agent_id: str) -> AgentRecord:
@@ -441,6 +456,19 @@ class ControlPlane:
     def _run_changed(self) -> None:
         self._run_event.set()
         self._run_event = asyncio.Event()
+
+
+def _previous(value: object) -> tuple[str, str] | None:
+    """A re-pairing host's proof: ``{"agent_id", "signature"}`` (see docs/pairing.md)."""
+    if value is None:
+        return None
+    agent_id = value.get("agent_id") if isinstance(value, dict) else None
+    signature = value.get("signature") if isinstance(value, dict) else None
+    if not isinstance(agent_id, str) or not 0 < len(agent_id) <= 64:
+        raise BadRequest("previous.agent_id must be the earlier agent's id")
+    if not isinstance(signature, str) or not 0 < len(signature) <= 200:
+        raise BadRequest("previous.signature must be a base64 Ed25519 signature")
+    return agent_id, signature
 
 
 def _new_run_id(now: float) -> str:

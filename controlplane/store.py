@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.protocol.errors import KeyInvalid, SignatureInvalid
 from agent.protocol.frames import Event
-from agent.protocol.signing import flow_sha256
+from agent.protocol.signing import flow_sha256, load_public_key, verify_repair
 from controlplane.db import Database
 from controlplane.errors import Conflict, NotFound, TokenRefused
 from controlplane.records import (
@@ -91,8 +92,15 @@ class Store:
         name: str,
         facts: dict[str, Any],
         sealing_key: str | None = None,
-    ) -> AgentRecord:
-        """Consume the token and register the agent, both or neither."""
+        previous: tuple[str, str] | None = None,
+    ) -> tuple[AgentRecord, str | None]:
+        """Consume the token and register the agent, both or neither.
+
+        ``previous`` is (agent id, signature) from a re-pairing host: when the
+        signature by that agent's key verifies (``verify_repair``) and the agent
+        is of the token's tenant, it is revoked in the same transaction.
+        Returns the new agent and the id of the one revoked, if any.
+        """
         now = self.clock()
         with self.db.tx() as conn:
             token = conn.execute(
@@ -116,6 +124,15 @@ class Store:
                     code="token_expired",
                     hint="create a new token with `flow-controlplane token create`",
                 )
+            retired = None
+            if previous is not None and self._proven(
+                conn, previous, tenant=token["tenant"], public_key=public_key, token=secret_hash
+            ):
+                retired = previous[0]
+                conn.execute(
+                    "UPDATE agents SET revoked_at=COALESCE(revoked_at, ?), online=0 WHERE id=?",
+                    (now, retired),
+                )
             agent_id = "ag_" + secrets.token_hex(10)
             conn.execute(
                 "UPDATE tokens SET used_at=?, agent_id=? WHERE secret_hash=? AND used_at IS NULL",
@@ -137,7 +154,38 @@ class Store:
             )
         found = self.get_agent(agent_id)
         assert found is not None
-        return found
+        return found, retired
+
+    @staticmethod
+    def _proven(
+        conn: sqlite3.Connection,
+        previous: tuple[str, str],
+        *,
+        tenant: str,
+        public_key: str,
+        token: str,
+    ) -> bool:
+        """Whether ``previous`` proves the host holds the key of an agent of ``tenant``.
+
+        An agent unknown here (paired with another control plane) or of another
+        tenant is left alone, as is one whose proof does not verify: pairing
+        goes on either way.
+        """
+        old_id, signature = previous
+        row = conn.execute("SELECT tenant, public_key FROM agents WHERE id=?", (old_id,)).fetchone()
+        if row is None or row["tenant"] != tenant:
+            return False
+        try:
+            verify_repair(
+                load_public_key(row["public_key"]),
+                agent_id=old_id,
+                new_public_key=public_key,
+                token_hash=token,
+                signature=signature,
+            )
+        except (KeyInvalid, SignatureInvalid):
+            return False
+        return True
 
     # -- agents ---------------------------------------------------------------
 

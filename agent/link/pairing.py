@@ -10,6 +10,14 @@
 5. Store the key and identity (atomically), reset the outbox and the link
    status (a new identity starts at sequence 1, connected to nothing yet).
 
+Re-pairing (``pair --force``) with the same control plane retires the old
+identity: the request carries ``previous``, the old agent id and a signature
+by the old key over the new public key and the token's hash
+(``signing.repair_message``), and the control plane revokes the old agent in
+the transaction that creates the new one.  Without the old key (lost,
+damaged) pairing goes on and the old identity stays valid until an admin
+revokes it; ``PairResult.retired`` says which happened.
+
 The token itself is stored nowhere and never logged (``PairingToken``'s repr
 leaves the secret out).
 """
@@ -25,9 +33,10 @@ from typing import Any, Final
 from urllib.parse import urljoin
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import OperationError, UsageError
-from agent.identity import Identity, host_facts, save_identity
+from agent.identity import Identity, host_facts, load_identity, load_private_key, save_identity
 from agent.link.outbox import Outbox
 from agent.link.state import LinkState, LinkStatus, write_link_status
 from agent.link.transport import (
@@ -46,6 +55,8 @@ from agent.protocol.signing import (
     generate_private_key,
     parse_token,
     public_key_b64,
+    sign_repair,
+    token_secret_hash,
 )
 from agent.secrets import load_sealing_key
 from agent.store.sqlite import SqliteStore
@@ -81,6 +92,8 @@ _REFUSALS: Final = {
 class PairResult:
     identity: Identity
     token: PairingToken
+    previous: str | None = None  # the agent id this host had with the same control plane
+    retired: bool = False  # whether the control plane revoked ``previous``
 
 
 def read_token_file(path: Path) -> str:
@@ -149,10 +162,12 @@ async def request_pairing(
     allow_plaintext: bool,
     timeout: float = 30.0,
     sealing_key: str | None = None,
+    previous: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Send the token and the public key; returns the control plane's answer (checked).
 
     ``sealing_key`` (X25519, base64url) lets the control plane seal secrets to this agent.
+    ``previous`` (``{"agent_id", "signature"}``) asks it to retire the identity re-paired.
     """
     encrypted = check_plaintext(token.url, allow_plaintext=allow_plaintext)
     context = ssl_context(ca_file) if encrypted else None
@@ -165,6 +180,8 @@ async def request_pairing(
     }
     if sealing_key is not None:
         body["sealing_key"] = sealing_key
+    if previous is not None:
+        body["previous"] = previous
     url = endpoint(token.url, PAIR_PATH)
     try:
         status, payload = await _post(url, body, context=context, timeout=timeout)
@@ -212,15 +229,28 @@ async def pair(
     """Pair this state directory with the tenant behind ``text`` (a token)."""
     token = parse_token(text)
     key = generate_private_key()
+    public_key = public_key_b64(key)
     # Kept across re-pairings: secrets sealed to this host stay openable.
     sealing = load_sealing_key(state_dir, create=True)
+    old = _previous(state_dir, token)
+    proof = None
+    if old is not None:
+        old_identity, old_key = old
+        signature = sign_repair(
+            old_key,
+            agent_id=old_identity.agent_id,
+            new_public_key=public_key,
+            token_hash=token_secret_hash(token.secret),
+        )
+        proof = {"agent_id": old_identity.agent_id, "signature": signature}
     answer = await request_pairing(
         token,
-        public_key=public_key_b64(key),
+        public_key=public_key,
         ca_file=ca_file,
         allow_plaintext=allow_plaintext,
         timeout=timeout,
         sealing_key=public_key_text(sealing),
+        previous=proof,
     )
     try:
         check_signing_key(expected_fp=token.fp, signing_key=answer["signing_key"])
@@ -249,7 +279,33 @@ async def pair(
     identity = save_identity(state_dir, identity, key)
     adopt_identity(store, identity)
     log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
-    return PairResult(identity=identity, token=token)
+    previous = None if proof is None else proof["agent_id"]
+    retired = previous is not None and answer.get("retired") == previous
+    if retired:
+        log.info("the previous identity %s is revoked at the control plane", previous)
+    elif previous is not None:
+        log.warning(
+            "the previous identity %s stays valid at the control plane until an admin"
+            " revokes it (flow-controlplane revoke)",
+            previous,
+        )
+    return PairResult(identity=identity, token=token, previous=previous, retired=retired)
+
+
+def _previous(state_dir: Path, token: PairingToken) -> tuple[Identity, Ed25519PrivateKey] | None:
+    """The identity this state directory has with the token's control plane, and its key."""
+    try:
+        identity = load_identity(state_dir)
+        if identity is None or not same_host(identity.url, token.url):
+            return None  # never paired, or with another control plane that knows nothing of it
+        return identity, load_private_key(state_dir)
+    except OperationError as exc:
+        log.warning(
+            "the previous identity cannot be retired (%s): it stays valid at the control"
+            " plane until an admin revokes it",
+            exc.message,
+        )
+        return None
 
 
 def adopt_identity(store: SqliteStore, identity: Identity) -> bool:

@@ -32,6 +32,7 @@ from agent.protocol.errors import KeyInvalid, SignatureInvalid, TokenMalformed
 from agent.protocol.frames import Activate, FlowPush
 
 AUTH_CONTEXT: Final = "flow-agent-auth/v1"
+REPAIR_CONTEXT: Final = "flow-agent-repair/v1"
 TOKEN_PREFIX: Final = "fp1."
 TOKEN_SECRET_BYTES: Final = 24
 MIN_TOKEN_SECRET_BYTES: Final = 16
@@ -73,6 +74,12 @@ def activation_payload(*, tenant: str, flow_id: str, version: int, serial: int) 
 def auth_message(*, nonce: str, agent_id: str) -> bytes:
     """What the agent signs: the nonce exactly as the ``hello`` frame carried it (base64 text)."""
     return f"{AUTH_CONTEXT}\n{nonce}\n{agent_id}".encode()
+
+
+def repair_message(*, agent_id: str, new_public_key: str, token_hash: str) -> bytes:
+    """What a re-pairing agent signs with its old key: "retire ``agent_id``, whose key
+    this is, in favour of ``new_public_key``, paired with this token" (its hash)."""
+    return f"{REPAIR_CONTEXT}\n{agent_id}\n{new_public_key}\n{token_hash}".encode()
 
 
 # -- keys ---------------------------------------------------------------------
@@ -224,6 +231,29 @@ def verify_auth(key: Ed25519PublicKey, *, nonce: str, agent_id: str, signature: 
     _verify(key, auth_message(nonce=nonce, agent_id=agent_id), signature, what="auth")
 
 
+def sign_repair(
+    old_key: Ed25519PrivateKey, *, agent_id: str, new_public_key: str, token_hash: str
+) -> str:
+    message = repair_message(
+        agent_id=agent_id, new_public_key=new_public_key, token_hash=token_hash
+    )
+    return _sign(old_key, message)
+
+
+def verify_repair(
+    old_key: Ed25519PublicKey,
+    *,
+    agent_id: str,
+    new_public_key: str,
+    token_hash: str,
+    signature: str,
+) -> None:
+    message = repair_message(
+        agent_id=agent_id, new_public_key=new_public_key, token_hash=token_hash
+    )
+    _verify(old_key, message, signature, what="re-pairing")
+
+
 # -- pairing tokens -----------------------------------------------------------
 
 _FP = re.compile(r"sha256:[0-9a-f]{64}")
@@ -332,6 +362,7 @@ def _b64decode(text: str, *, what: str, error: type[KeyInvalid | SignatureInvali
 
 __all__ = [
     "AUTH_CONTEXT",
+    "REPAIR_CONTEXT",
     "TOKEN_PREFIX",
     "PairingToken",
     "activation_payload",
@@ -349,13 +380,16 @@ __all__ = [
     "private_key_bytes",
     "private_key_from_bytes",
     "public_key_b64",
+    "repair_message",
     "sign_activation",
     "sign_auth",
     "sign_flow",
+    "sign_repair",
     "token_secret_hash",
     "verify_activate",
     "verify_activation",
     "verify_auth",
     "verify_flow",
     "verify_flow_push",
+    "verify_repair",
 ]
