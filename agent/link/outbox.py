@@ -3,10 +3,17 @@
 Every event gets the next per-agent sequence number (1, 2, 3...) in the same
 SQLite transaction that commits the run step it describes, so an event exists
 exactly when its step does: a killed agent neither loses nor invents one.
-Rows leave the outbox only when the control plane acknowledges them (``ack``
-deletes every row up to a sequence number), and numbers are handed out from
-a one-row counter, never from ``max(seq)``, so they stay contiguous after
-deletions.
+Numbers are handed out from a one-row counter, never from ``max(seq)``, so
+they stay contiguous after deletions.
+
+Storage: one row per ``append`` (a committed step's events: about twenty for
+a ten-element run), keyed by its first sequence number, with the count and
+the events as one JSON array of ``[kind, run_id, at, data]``.  One insert and
+one JSON encoding per step instead of one per event; the wire still carries
+one event per seq.  Events leave the outbox only when the control plane
+acknowledges them: ``ack(seq)`` deletes the rows whose events are all at or
+below ``seq`` and trims the one row that straddles it, so the rows always
+hold exactly the unacknowledged events and ``min(seq)`` is the first of them.
 
 The outbox has a bound (``limit``).  Reaching it never drops an event: it
 makes the dispatcher refuse *new* runs (``outbox_full``) while runs already
@@ -21,9 +28,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -55,11 +63,40 @@ def connection(store: SqliteStore) -> sqlite3.Connection:
 
 
 # One encoder for every event: json.dumps with options builds a new one per call.
-_ENCODE: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False
+).encode
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+class _Iso:
+    """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")``, cheaper.
+
+    A run's twenty events fall within a second or two, so the date and time
+    of day are formatted once per second and only the milliseconds per call.
+    The rounding is ``fromtimestamp``'s (the fraction to the nearest
+    microsecond, half to even), so the text is the same to the character.
+    """
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        second = math.floor(ts)
+        micros = round((ts - second) * 1e6)
+        if micros >= 1_000_000:
+            second += 1
+            micros -= 1_000_000
+        if second != self._second:
+            day = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
+            self._prefix = day.isoformat(timespec="seconds")
+            self._second = second
+        return f"{self._prefix}.{micros // 1000:03d}+00:00"
+
+
+iso: Final = _Iso()
 
 
 def minimise(result: dict[str, Any], *, report_outputs: bool) -> dict[str, Any]:
@@ -101,6 +138,11 @@ class NewEvent:
     data: dict[str, Any]
 
 
+# A row's events: [kind, run_id, at, data] each, in seq order.
+_Row = list[Any]
+_INSERT: Final = "INSERT INTO outbox (seq, count, events) VALUES (?, ?, ?)"
+
+
 class Outbox:
     """The outbox table of one store; all calls run on the store's thread."""
 
@@ -127,18 +169,21 @@ class Outbox:
         """
         if not events:
             return self.last_seq()
+        return self.append_rows([[e.kind, e.run_id, e.at, e.data] for e in events])
+
+    def append_rows(self, events: list[_Row]) -> int:
+        """``append`` for events already as ``[kind, run_id, at, data]`` lists."""
+        count = len(events)
+        if not count:
+            return self.last_seq()
+        text = _ENCODE(events)
+        conn = self._conn
         with self.store.transaction():
             try:
-                (last,) = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
-                rows = []
-                for offset, event in enumerate(events, start=1):
-                    data = _ENCODE(event.data)
-                    rows.append((last + offset, event.kind, event.run_id, event.at, data))
-                self._conn.executemany(
-                    "INSERT INTO outbox (seq, kind, run_id, at, data) VALUES (?, ?, ?, ?, ?)", rows
-                )
-                last += len(rows)
-                self._conn.execute("UPDATE outbox_seq SET last = ? WHERE id = 1", (last,))
+                (last,) = conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
+                conn.execute(_INSERT, (last + 1, count, text))
+                last += count
+                conn.execute("UPDATE outbox_seq SET last = ? WHERE id = 1", (last,))
             except sqlite3.Error as exc:
                 raise self._fail(exc, "add events to the outbox") from exc
         if self.on_append is not None:
@@ -146,27 +191,70 @@ class Outbox:
         return int(last)
 
     def pending(self, *, after: int, limit: int = 500) -> list[Event]:
-        """Unacknowledged events with ``seq > after``, oldest first."""
+        """Unacknowledged events with ``seq > after``, oldest first, at most ``limit``."""
+        found: list[Event] = []
+        if limit <= 0:
+            return found
         try:
-            rows = self._conn.execute(
-                "SELECT seq, kind, run_id, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, limit),
-            ).fetchall()
+            for first, row in self._rows_from(after):
+                skip = max(after + 1 - first, 0)
+                for offset in range(skip, len(row)):
+                    kind, run_id, at, data = row[offset]
+                    found.append(
+                        Event(seq=first + offset, kind=kind, run_id=run_id, at=at, data=data)
+                    )
+                    if len(found) >= limit:
+                        return found
         except sqlite3.Error as exc:
             raise self._fail(exc, "read the outbox") from exc
-        return [
-            Event(seq=seq, kind=kind, run_id=run_id, at=at, data=json.loads(data))
-            for seq, kind, run_id, at, data in rows
-        ]
+        return found
+
+    def _rows_from(self, after: int) -> Iterator[tuple[int, list[_Row]]]:
+        """Rows holding events above ``after``, oldest first, decoded one at a time."""
+        # The row holding ``after + 1`` may start below it: start at the last row
+        # that begins at or before it.
+        cursor = self._conn.execute(
+            "SELECT seq, events FROM outbox WHERE seq >= coalesce("
+            "(SELECT max(seq) FROM outbox WHERE seq <= ?), 0) ORDER BY seq",
+            (after + 1,),
+        )
+        try:
+            while chunk := cursor.fetchmany(16):
+                for first, text in chunk:
+                    yield first, json.loads(text)
+        finally:
+            cursor.close()
 
     def ack(self, seq: int) -> int:
         """The control plane stored every event up to ``seq``: drop them; returns how many."""
+        conn = self._conn
         with self.store.transaction():
             try:
-                cursor = self._conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+                (dropped,) = conn.execute(
+                    "SELECT coalesce(sum(count), 0) FROM outbox"
+                    " WHERE seq <= ? AND seq + count - 1 <= ?",
+                    (seq, seq),
+                ).fetchone()
+                conn.execute(
+                    "DELETE FROM outbox WHERE seq <= ? AND seq + count - 1 <= ?", (seq, seq)
+                )
+                # Rows do not overlap, so at most one is left that starts at or below
+                # seq, and it holds later events too: keep only those, so that the
+                # rows hold exactly the unacknowledged events.
+                row = conn.execute(
+                    "SELECT seq, count, events FROM outbox WHERE seq <= ?", (seq,)
+                ).fetchone()
+                if row is not None:
+                    first, count, text = row
+                    drop = seq - first + 1
+                    conn.execute(
+                        "UPDATE outbox SET seq = ?, count = ?, events = ? WHERE seq = ?",
+                        (seq + 1, count - drop, _ENCODE(json.loads(text)[drop:]), first),
+                    )
+                    dropped += drop
             except sqlite3.Error as exc:
                 raise self._fail(exc, "remove acknowledged events") from exc
-        return cursor.rowcount
+        return int(dropped)
 
     def last_seq(self) -> int:
         row = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
@@ -231,25 +319,34 @@ class OutboxObserver:
     ) -> None:
         run_id = str(result["run_id"])
         now, mono = self.clock(), self.mono()
+        at_now = iso(now)
         status = result["status"]
         data = minimise(result, report_outputs=self.report_outputs)
-        events: list[NewEvent] = []
+        # [kind, run_id, at, data] per event, as the outbox stores them.
+        events: list[list[Any]] = []
         if previous is None:
-            events.append(NewEvent("run.started", run_id, iso(now), data))
+            events.append(["run.started", run_id, at_now, data])
         else:
             events.extend(self._close_open_visit(run_id, now))
         waiting = result.get("waiting") or {}
+        last = len(visits) - 1
         for index, visit in enumerate(visits):
             entered = now - max(mono - visit.started, 0.0)
-            base = {"element": visit.element, "type": visit.type, "visit": visit.visit}
-            events.append(NewEvent("element.entered", run_id, iso(entered), dict(base)))
-            last = index == len(visits) - 1
-            stays = last and (
+            element = visit.element
+            events.append(
+                [
+                    "element.entered",
+                    run_id,
+                    iso(entered),
+                    {"element": element, "type": visit.type, "visit": visit.visit},
+                ]
+            )
+            stays = index == last and (
                 (status == "running" and visit.type == "message")
                 or (
                     status == "waiting"
                     and visit.type in _WAITING_TYPES
-                    and waiting.get("element") == visit.element
+                    and waiting.get("element") == element
                 )
             )
             if stays:
@@ -258,22 +355,22 @@ class OutboxObserver:
                 duration = max(visit.ended - visit.started, 0.0) * 1000
                 left = now - max(mono - visit.ended, 0.0)
                 events.append(
-                    NewEvent(
+                    [
                         "element.left",
                         run_id,
                         iso(left),
                         {
-                            "element": visit.element,
+                            "element": element,
                             "visit": visit.visit,
                             "duration_ms": round(duration, 3),
                         },
-                    )
+                    ]
                 )
         if status == "waiting" and (previous != "waiting" or visits):
-            events.append(NewEvent("run.waiting", run_id, iso(now), data))
+            events.append(["run.waiting", run_id, at_now, data])
         elif status in ("completed", "failed", "cancelled"):
-            events.append(NewEvent(f"run.{status}", run_id, iso(now), data))
-        self.outbox.append(events)
+            events.append([f"run.{status}", run_id, at_now, data])
+        self.outbox.append_rows(events)
         if previous is None and self.on_started is not None:
             self.on_started(run_id)
 
@@ -287,7 +384,7 @@ class OutboxObserver:
         except sqlite3.Error as exc:
             raise self.outbox._fail(exc, "record an open element visit") from exc
 
-    def _close_open_visit(self, run_id: str, now: float) -> list[NewEvent]:
+    def _close_open_visit(self, run_id: str, now: float) -> list[list[Any]]:
         try:
             row = self._conn.execute(
                 "SELECT element, visit, entered_at FROM outbox_open WHERE run_id = ?", (run_id,)
@@ -301,7 +398,7 @@ class OutboxObserver:
         # Wall time: the visit may have spanned a restart, which a monotonic clock cannot.
         duration = max(now - float(entered), 0.0) * 1000
         data = {"element": element, "visit": visit, "duration_ms": round(duration, 3)}
-        return [NewEvent("element.left", run_id, iso(now), data)]
+        return [["element.left", run_id, iso(now), data]]
 
 
 __all__ = [

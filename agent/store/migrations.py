@@ -15,6 +15,7 @@ start-up with the state directory locked.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -169,7 +170,47 @@ def _m004_schedules(db: Database) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_m001_initial, _m002_link, _m003_secrets, _m004_schedules)
+def _m005_outbox_rows(db: Database) -> None:
+    """One outbox row per committed step instead of one per event (``agent.link.outbox``).
+
+    A row is keyed by the sequence number of its first event (``seq``) and
+    holds ``count`` events as one JSON array of ``[kind, run_id, at, data]``;
+    the numbers stay per event and contiguous, so ``min(seq)`` is still the
+    first unacknowledged event and ``outbox_seq.last`` the last one numbered.
+    The events already waiting become rows of one event each; their ``data``
+    text is copied as it was, not decoded and encoded again.
+    """
+    conn = db.conn
+    conn.execute(
+        "CREATE TABLE outbox_rows ("
+        "seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, events TEXT NOT NULL)"
+    )
+    insert = "INSERT INTO outbox_rows (seq, count, events) VALUES (?, 1, ?)"
+    after = 0
+    # In slices: the outbox may hold its whole limit (100,000 events by default).
+    while rows := conn.execute(
+        "SELECT seq, kind, run_id, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1000",
+        (after,),
+    ).fetchall():
+        conn.executemany(
+            insert,
+            [
+                (seq, f"[[{json.dumps(kind)},{json.dumps(run_id)},{json.dumps(at)},{data}]]")
+                for seq, kind, run_id, at, data in rows
+            ],
+        )
+        after = rows[-1][0]
+    conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE outbox_rows RENAME TO outbox")
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _m001_initial,
+    _m002_link,
+    _m003_secrets,
+    _m004_schedules,
+    _m005_outbox_rows,
+)
 
 
 class SchemaTooNew(StoreError):
