@@ -123,7 +123,8 @@ class Agent:
             connectors=self.ops_metrics.connectors(self.registry, mono=mono),
             secrets=secrets,
             # The outbox first: a commit it refuses is rolled back and counted nowhere.
-            observer=chain(self.observer, self.metrics, self.ops_metrics, LogContextObserver()),
+            # Metrics counts runs and elements; ops_metrics times connector calls.
+            observer=chain(self.observer, self.metrics, LogContextObserver()),
             clock=clock,
         )
         self.pool = RunPool()

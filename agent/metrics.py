@@ -1,28 +1,44 @@
-"""The daemon's Prometheus metrics, in the same registry as the local API's.
+"""Every Prometheus metric of the agent, and the one runner observer that counts runs.
 
-The local API (``agent.api.metrics.Metrics``) owns the registry that
-``/metrics`` serves and counts runs by flow and API requests.  The daemon
-adds what only it sees, registered into that same registry::
+``Metrics`` owns the registry that ``/metrics`` serves, the run counters by
+flow, the element durations by element type and the local API's request
+counter; it is also the runner ``Observer`` that keeps those counts.
+``AgentMetrics`` adds what only the daemon sees (connector calls, the
+link, the lifecycle, schedules...), registered into that same registry::
 
-    api = Metrics()                               # agent.api.metrics
-    ops = AgentMetrics(registry=api.registry)     # this module
-    runner observer: chain(outbox_observer, api, ops)
+    metrics = Metrics()
+    ops = AgentMetrics(registry=metrics.registry)
+    runner observer: chain(outbox_observer, metrics, log_context)
 
 Every name starts with ``flow_agent_``; counters are exposed with the
 ``_total`` suffix.  docs/operations.md lists them all (a test holds it).
 
 Labels stay bounded: element types and connector types are small fixed
-sets, flow ids are the tenant's published flows.
+sets, flow ids are the tenant's published flows.  The observer runs inside
+every committed step, so it keeps its labelled children in plain dicts
+(``Counter.labels`` costs a lock and a tuple check per call) and counts
+element durations in plain integers (see ``_Durations``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import utils as prometheus_utils
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.flow.commands import ConnectorRequest, ConnectorResult
@@ -34,21 +50,153 @@ ELEMENT_BUCKETS: Final = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 600, 3600,
 CONNECTOR_BUCKETS: Final = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 LINK_STATES: Final = ("never_connected", "connected", "disconnected", "revoked", "auth_refused")
 LIFECYCLE_STATES: Final = ("starting", "ready", "draining")
+_ENDED: Final = ("completed", "failed", "cancelled")
+# How prometheus_client writes a bucket's bound ("0.001", "10.0"); it is untyped.
+_BOUND_TEXT: Final = cast(Callable[[float], str], prometheus_utils.floatToGoString)
+
+
+class _Durations(Collector):
+    """A histogram with one label, counted in plain integers.
+
+    What ``Histogram(...).labels(x).observe(v)`` records (the same buckets,
+    sum and count, exposed the same way), for a bisect and two additions
+    instead of a label lookup and a lock per bucket: a ten-element run
+    observes nine visits.  Updated and collected on the event loop's thread
+    only, like everything else the runner does.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: Sequence[float],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = tuple(float(b) for b in buckets)
+        # label value -> per-bucket counts (the last one is +Inf), then the sum
+        self._series: dict[str, list[float]] = {}
+        registry.register(self)
+
+    def observe(self, value: str, amount: float) -> None:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = [0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, amount)] += 1
+        series[-1] += amount
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        edges = [*(_BOUND_TEXT(b) for b in self.bounds), "+Inf"]
+        for value, series in list(self._series.items()):
+            total, buckets = 0.0, []
+            for edge, count in zip(edges, series[:-1], strict=True):
+                total += count
+                buckets.append((edge, total))
+            family.add_metric([value], buckets, series[-1])
+        yield family
+
+
+class Metrics:
+    """The registry ``/metrics`` serves, the run and request counters; a runner ``Observer``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs_started = Counter(
+            "flow_agent_runs_started",
+            "Runs started, subflow runs included, by flow id",
+            ["flow"],
+            registry=r,
+        )
+        self.runs_ended = {
+            status: Counter(
+                f"flow_agent_runs_{status}",
+                f"Runs that ended {status}, by flow id",
+                ["flow"],
+                registry=r,
+            )
+            for status in _ENDED
+        }
+        self.element_seconds = _Durations(
+            "flow_agent_element_duration_seconds",
+            "Time from entering an element to leaving it, by element type",
+            "type",
+            ELEMENT_BUCKETS,
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "flow_agent_api_requests",
+            "Requests to the local API and player page, by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        # Labelled children by label value(s): a dict lookup instead of labels().
+        self._started: dict[str, Any] = {}
+        self._ended: dict[tuple[str, str], Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+
+    # The Observer protocol of agent.runtime.runner.  It is called inside the
+    # runner's transaction; a rolled-back commit may still have been counted,
+    # which a counter can live with.
+    def committed(
+        self,
+        *,
+        result: dict[str, Any],
+        previous: str | None,
+        visits: tuple[Visit, ...],
+        parent_id: str | None,
+    ) -> None:
+        status = result.get("status")
+        if previous is None:
+            flow = str(result.get("flow"))
+            child = self._started.get(flow)
+            if child is None:
+                child = self._started[flow] = self.runs_started.labels(flow=flow)
+            child.inc()
+        if status in self.runs_ended and status != previous:
+            key = (str(status), str(result.get("flow")))
+            child = self._ended.get(key)
+            if child is None:
+                child = self._ended[key] = self.runs_ended[key[0]].labels(flow=key[1])
+            child.inc()
+        observe = self.element_seconds.observe
+        for visit in visits:
+            if visit.ended >= visit.started > 0:
+                observe(visit.type, visit.ended - visit.started)
+
+    def wrap(self, inner: Observer) -> Observer:
+        """An observer that tells ``inner`` first, then counts: a commit that
+        ``inner`` refuses (and so rolls back) is not counted."""
+        return _Chain((inner, self))
+
+    def request(self, *, route: str, method: str, status: int) -> None:
+        key = (route, method, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.api_requests.labels(
+                route=route, method=method, status=str(status)
+            )
+        child.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class AgentMetrics:
-    """The daemon's collectors; also a runner ``Observer`` (element durations)."""
+    """The daemon's collectors, in the registry of a ``Metrics``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.element_seconds = Histogram(
-            "flow_agent_element_duration_seconds",
-            "Time from entering an element to leaving it, by element type",
-            ["type"],
-            buckets=ELEMENT_BUCKETS,
-            registry=r,
-        )
         self.connector_calls = Counter(
             "flow_agent_connector_calls",
             "Connector calls made, by connector type",
@@ -163,9 +311,11 @@ class AgentMetrics:
         visits: tuple[Visit, ...],
         parent_id: str | None,
     ) -> None:
-        for visit in visits:
-            if visit.ended >= visit.started > 0:
-                self.element_seconds.labels(type=visit.type).observe(visit.ended - visit.started)
+        """Nothing: ``Metrics`` counts runs and elements.
+
+        Kept so that a wiring written when this class timed elements,
+        ``chain(metrics, ops)``, still works and counts nothing twice.
+        """
 
     # -- connectors ---------------------------------------------------------------------
 
@@ -218,6 +368,8 @@ class _Counted:
 
 
 class _Chain:
+    __slots__ = ("observers",)
+
     def __init__(self, observers: tuple[Observer, ...]) -> None:
         self.observers = observers
 
@@ -238,4 +390,4 @@ def chain(*observers: Observer) -> Observer:
     return _Chain(observers)
 
 
-__all__ = ["LIFECYCLE_STATES", "LINK_STATES", "AgentMetrics", "chain"]
+__all__ = ["LIFECYCLE_STATES", "LINK_STATES", "AgentMetrics", "Metrics", "chain"]

@@ -112,7 +112,7 @@ async def serve(state_dir: Path) -> None:
         store=store,
         catalog=TimedCatalog(store),
         connectors=ops.connectors(registry),
-        observer=chain(OutboxObserver(outbox), metrics, ops, LogContextObserver()),
+        observer=chain(OutboxObserver(outbox), metrics, LogContextObserver()),
     )
     app = create_app(runner=runner, metrics=metrics)
     # CPU time, not wall time: on a busy machine a wall-clock profile charges

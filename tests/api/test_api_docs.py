@@ -26,8 +26,10 @@ def test_every_route_is_documented(runner: Runner) -> None:
     assert missing == []
 
 
-def test_every_metric_is_documented() -> None:
-    names = [f"{family.name}_total" for family in Metrics().registry.collect()]
+def test_every_counter_is_documented() -> None:
+    # The element-duration histogram is the daemon's (docs/operations.md has it).
+    families = Metrics().registry.collect()
+    names = [f"{family.name}_total" for family in families if family.type == "counter"]
     assert "flow_agent_api_requests_total" in names
     for name in names:
         assert name.startswith("flow_agent_"), name
