@@ -14,7 +14,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,29 +28,21 @@ from urllib.parse import quote
 from aiohttp import web
 
 from agent.link.status import read_status
-from controlplane.app import RunningServer, start_server
 from controlplane.service import ControlPlane
 from controlplane.settings import Settings as CpSettings
+from tests.support.controlplane import Cp
+from tests.support.net import LocalServer, serve_app
+from tests.support.net import free_port as free_port  # the fault tests import it from here
+from tests.support.waits import wait_for as poll
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(check: Callable[[], bool], what: str, *, timeout: float = 30.0) -> float:
-    """Poll until ``check()`` holds; returns the seconds it took.  Guards a hang only."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
+    """``tests.support.waits.wait_for`` with the fault suite's longer bound (a loaded machine)."""
+    return poll(check, what, timeout=timeout)
 
 
 def join_netns(name: str) -> None:
@@ -119,39 +110,26 @@ class LoopThread:
 
 
 class ControlPlaneThread:
-    """The reference control plane on a fixed port, restartable, in a ``LoopThread``."""
+    """The reference control plane (``Cp``: fixed port, restartable) in a ``LoopThread``."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        loop: LoopThread,
-        host: str = "127.0.0.1",
-        heartbeat: float = 20.0,
-        public_url: str | None = None,
-        tls: Any = None,
-        clock: Callable[[], float] = time.time,
-        port: int | None = None,
-    ) -> None:
+    def __init__(self, data_dir: Path, *, loop: LoopThread, **options: Any) -> None:
+        """``options`` are ``Cp``'s: host, heartbeat, public_url, tls, clock, port."""
         self.loop = loop
-        self.host = host
-        self.port = port if port is not None else free_port(host)
-        self.settings = CpSettings(
-            data_dir=data_dir, heartbeat=heartbeat, public_url=public_url, region="local"
-        )
-        self.tls = tls
-        self.clock = clock
-        self.server: RunningServer | None = None
+        self.plane = Cp(data_dir, **options)
+
+    @property
+    def settings(self) -> CpSettings:
+        return self.plane.settings
 
     @property
     def cp(self) -> ControlPlane:
-        assert self.server is not None, "the control plane is not running"
-        return self.server.cp
+        return self.plane.cp
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        # Known while stopped too: agents keep this URL across restarts.
+        scheme = "https" if self.plane.tls is not None else "http"
+        return f"{scheme}://{self.plane.host}:{self.plane.port}"
 
     @property
     def db_path(self) -> Path:
@@ -160,17 +138,12 @@ class ControlPlaneThread:
         return self.settings.data_dir / DB_FILE
 
     def start(self) -> ControlPlaneThread:
-        async def up() -> RunningServer:
-            cp = ControlPlane(self.settings, clock=self.clock)
-            return await start_server(cp, host=self.host, port=self.port, tls=self.tls)
-
-        self.server = self.loop.call(up())
+        self.loop.call(self.plane.start())
         return self
 
     def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            self.loop.call(server.stop())
+        if self.plane.server is not None:
+            self.loop.call(self.plane.stop())
 
     def do(self, work: Callable[[ControlPlane], Awaitable[T]], *, timeout: float = 60.0) -> T:
         cp = self.cp
@@ -181,15 +154,13 @@ class ControlPlaneThread:
         return self.loop.call(run(), timeout=timeout)
 
     def tenant(self, name: str = "acme") -> str:
-        self.do(lambda cp: cp.create_tenant(name))
-        return name
+        return self.loop.call(self.plane.tenant(name))
 
     def token(self, tenant: str = "acme", *, ttl: float = 600) -> str:
-        return str(self.do(lambda cp: cp.create_token(tenant, ttl=ttl))["token"])
+        return self.loop.call(self.plane.token(tenant, ttl=ttl))
 
     def publish(self, doc: dict[str, Any], tenant: str = "acme") -> int:
-        flow, _ = self.do(lambda cp: cp.publish(tenant, doc))
-        return int(flow.version)
+        return self.loop.call(self.plane.publish(doc, tenant))
 
     def dispatch(self, flow: str, *, tenant: str = "acme", **kwargs: Any) -> str | None:
         """Ask for a run; its id, or None when no agent is online to take it."""
@@ -249,7 +220,7 @@ class Sink:
     effects: dict[str, dict[str, Any]] = field(default_factory=dict)
     hook: Callable[[SinkRequest], None] | None = None
     stall: bool = False
-    _runner: web.AppRunner | None = None
+    _server: LocalServer | None = None
     _loop: LoopThread | None = None
     _release: asyncio.Event | None = None
 
@@ -282,11 +253,8 @@ class Sink:
             self._release = asyncio.Event()
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.port)
-            await site.start()
-            self.port = self._runner.addresses[0][1]
+            self._server = await serve_app(app, host=self.host, port=self.port, access_log=None)
+            self.port = self._server.port
 
         loop.call(up())
         return self
@@ -304,10 +272,10 @@ class Sink:
         return {k for k in self.effects if k.startswith(f"{run_id}:")}
 
     def stop(self) -> None:
-        if self._loop is not None and self._runner is not None:
+        if self._loop is not None and self._server is not None:
             self.release()
-            self._loop.call(self._runner.cleanup())
-            self._runner = None
+            self._loop.call(self._server.close())
+            self._server = None
 
 
 def agent_env(**extra: str) -> dict[str, str]:

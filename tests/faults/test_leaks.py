@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.support.net import LocalServer, serve_app
+
 from .conftest import Record
 from .harness import ROOT, ControlPlaneThread, Daemon, LoopThread, agent_env, wait_for
 
@@ -60,7 +62,7 @@ def _flow(url: str) -> dict[str, Any]:
     }
 
 
-async def _leaky() -> tuple[web.AppRunner, str]:
+async def _leaky() -> LocalServer:
     async def handler(request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
         return web.json_response(
@@ -71,10 +73,7 @@ async def _leaky() -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await serve_app(app, access_log=None)
 
 
 def _limits(pid: int) -> str:
@@ -101,10 +100,10 @@ def test_33_no_secret_in_logs_reports_files_or_core_dumps(
     written: the process's core size limit is 0 and it is not dumpable
     (its /proc files belong to root, not to the user it runs as).
     """
-    runner, url = harness.call(_leaky())
+    leaky = harness.call(_leaky())
     state = open_base / "state"
     try:
-        cp.publish(_flow(url))
+        cp.publish(_flow(leaky.url))
         env = agent_env()
         token = open_base / "token"
         token.write_text(cp.token())
@@ -156,5 +155,5 @@ def test_33_no_secret_in_logs_reports_files_or_core_dumps(
         assert limits.split()[4:6] == ["0", "0"], limits  # soft and hard: no core file, ever
         assert environ_owner == 0, "the daemon is dumpable: a crash could write its memory out"
     finally:
-        harness.call(runner.cleanup())
+        harness.call(leaky.close())
     record(33, canary_found=0, core_limit="0 0", dumpable=False)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.support.net import LocalServer, serve_app
+
 from .checker import check
 from .conftest import LONG, Record, scale
 from .harness import (
@@ -147,16 +149,13 @@ def test_20_memory_cap_and_oversized_payloads(
     runs throughout, reconnecting once.
     """
 
-    async def serve() -> web.AppRunner:
+    async def serve() -> LocalServer:
         app = web.Application()
         app.router.add_get("/huge", _huge)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
+        return await serve_app(app, access_log=None)
 
-    runner = harness.call(serve())
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    server = harness.call(serve())
+    base = server.url
     try:
         for name, query in (("declared", "?declared=1"), ("streamed", "")):
             flow = {
@@ -229,7 +228,7 @@ def test_20_memory_cap_and_oversized_payloads(
         assert all("limit" in m for m in messages), messages
         assert daemon.terminate() == 0
     finally:
-        harness.call(runner.cleanup())
+        harness.call(server.close())
     record(
         20,
         limit_mib=192,

@@ -25,6 +25,7 @@ from agent.flow.model import FlowInvalid, parse_flow
 from agent.link.dispatch import TimedCatalog
 from agent.runtime.runner import Runner
 from agent.store.sqlite import SqliteStore
+from tests.support.net import LocalServer, serve_app
 
 from .conftest import Record
 from .dns import DnsServer, LoopbackResolver
@@ -37,7 +38,7 @@ class Listener:
     port: int = 0
     hits: list[str] = field(default_factory=list)
     redirect: str | None = None
-    runner: web.AppRunner | None = None
+    server: LocalServer | None = None
 
     async def start(self) -> Listener:
         async def handle(request: web.Request) -> web.Response:
@@ -48,10 +49,8 @@ class Listener:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, self.host, self.port).start()
-        self.port = self.runner.addresses[0][1]
+        self.server = await serve_app(app, host=self.host, port=self.port, access_log=None)
+        self.port = self.server.port
         return self
 
 
@@ -90,8 +89,8 @@ def world(harness: LoopThread) -> Iterator[World]:
 
         async def down() -> None:
             for listener in (found.internal, found.internal6, found.public, found.bounce):
-                if listener.runner is not None:
-                    await listener.runner.cleanup()
+                if listener.server is not None:
+                    await listener.server.close()
             found.dns.close()
 
         harness.call(down())
