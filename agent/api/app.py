@@ -19,6 +19,7 @@ Middlewares, outermost first:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
@@ -45,6 +46,9 @@ BODY_TIMEOUT = 30.0  # seconds a whole request body may take to arrive
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/livez", "/readyz"})
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Parsing the Host header as an IP address costs more than the rest of the
+# check; clients send the same few values.  Bounded: the header is the client's.
+_loopback_host = functools.lru_cache(maxsize=64)(is_loopback_host)
 
 
 def _always_ready() -> bool:
@@ -249,7 +253,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     token = ctx.token
     if token is None:
-        if not is_loopback_host(request.host):
+        if not _loopback_host(request.host):
             raise Problem(
                 403,
                 "host_not_allowed",
