@@ -25,26 +25,10 @@ from typing import Any
 import pytest
 
 from agent.api.webhooks import sign
+from tests.support.flows import HELLO
 
 from .helpers import ROOT, CpProcess, clean_env, free_port, wait_for
 
-HELLO: dict[str, Any] = {
-    "format": "flow/v1",
-    "id": "hello",
-    "values": {
-        "name": {"type": "string", "access": "input", "default": "world"},
-        "greeting": {"type": "string", "access": "output"},
-    },
-    "start": "greet",
-    "elements": {
-        "greet": {
-            "type": "operator",
-            "operations": [{"set": "greeting", "to": "Hello, {{ name }}!"}],
-            "next": "done",
-        },
-        "done": {"type": "end"},
-    },
-}
 HOOKED: dict[str, Any] = {**HELLO, "id": "hooked", "triggers": [{"webhook": True}]}
 
 

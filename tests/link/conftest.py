@@ -1,24 +1,5 @@
 """Fixtures: the real control plane on 127.0.0.1 and an agent paired with it."""
 
-from __future__ import annotations
+from tests.support.fixtures import agent, cp
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
-from tests.support.agent import AgentUnderTest, paired_agent
-from tests.support.controlplane import Cp, running_cp
-
-
-@pytest.fixture
-async def cp(tmp_path: Path) -> AsyncIterator[Cp]:
-    async with running_cp(tmp_path / "cp") as handle:
-        yield handle
-
-
-@pytest.fixture
-async def agent(tmp_path: Path, cp: Cp) -> AsyncIterator[AgentUnderTest]:
-    """An agent paired with tenant ``acme``, not started."""
-    async with paired_agent(cp, tmp_path / "agent") as under_test:
-        yield under_test
+__all__ = ["agent", "cp"]

@@ -11,26 +11,9 @@ from typing import Any
 
 from tests.support.agent import AgentUnderTest, paired_agent
 from tests.support.controlplane import Cp, running_cp
+from tests.support.flows import HELLO
 from tests.support.net import free_port
 from tests.support.waits import STEP, until, within
-
-HELLO: dict[str, Any] = {
-    "format": "flow/v1",
-    "id": "hello",
-    "values": {
-        "name": {"type": "string", "access": "input", "default": "world"},
-        "greeting": {"type": "string", "access": "output"},
-    },
-    "start": "greet",
-    "elements": {
-        "greet": {
-            "type": "operator",
-            "operations": [{"set": "greeting", "to": "Hello, {{ name }}!"}],
-            "next": "done",
-        },
-        "done": {"type": "end"},
-    },
-}
 
 PAGE: dict[str, Any] = {
     "format": "flow/v1",

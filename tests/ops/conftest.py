@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import AgentUnderTest, paired_agent
-from tests.support.controlplane import Cp, running_cp
+from tests.support.controlplane import Cp
+from tests.support.fixtures import cp
 
-
-@pytest.fixture
-async def cp(tmp_path: Path) -> AsyncIterator[Cp]:
-    async with running_cp(tmp_path / "cp") as handle:
-        yield handle
+__all__ = ["agent", "cp"]
 
 
 @pytest.fixture
