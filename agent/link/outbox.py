@@ -8,9 +8,9 @@ they stay contiguous after deletions.
 
 Storage: one row per ``append`` (a committed step's events: about twenty for
 a ten-element run), keyed by its first sequence number, with the count and
-the events as one JSON array of ``[kind, run_id, at, data]``.  One insert and
-one JSON encoding per step instead of one per event; the wire still carries
-one event per seq.  Events leave the outbox only when the control plane
+the events as one JSON text (see ``_encode``).  One insert and one JSON
+encoding per step instead of one per event; the wire still carries one
+event per seq.  Events leave the outbox only when the control plane
 acknowledges them: ``ack(seq)`` deletes the rows whose events are all at or
 below ``seq`` and trims the one row that straddles it, so the rows always
 hold exactly the unacknowledged events and ``min(seq)`` is the first of them.
@@ -104,8 +104,14 @@ def minimise(result: dict[str, Any], *, report_outputs: bool) -> dict[str, Any]:
 
     Without ``report_outputs``: no ``outputs`` key, and a waiting page keeps
     its shape (element, outcomes, field names and types) but loses the
-    current field values and the title/content rendered from values.
+    current field values and the title/content rendered from values.  A
+    result over ``MAX_EVENT_BYTES`` as JSON loses its outputs and the older
+    part of its path and says ``truncated``.
     """
+    return _fit(_strip(result, report_outputs=report_outputs))
+
+
+def _strip(result: dict[str, Any], *, report_outputs: bool) -> dict[str, Any]:
     data = dict(result)
     waiting = data.get("waiting")
     if not report_outputs:
@@ -119,6 +125,10 @@ def minimise(result: dict[str, Any], *, report_outputs: bool) -> dict[str, Any]:
                     for f in fields
                 ]
             data["waiting"] = waiting
+    return data
+
+
+def _fit(data: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(data, ensure_ascii=False, default=str)
     if len(text.encode("utf-8")) > MAX_EVENT_BYTES:
         data.pop("outputs", None)
@@ -138,9 +148,34 @@ class NewEvent:
     data: dict[str, Any]
 
 
-# A row's events: [kind, run_id, at, data] each, in seq order.
-_Row = list[Any]
+# A row's text is ``[run_id, [entry, ...]]``, one entry per event in seq order.
+# An entry is ``[kind, run_id, at, data]`` for any event, or, for the element
+# events of the row's own run (most events, and their dicts are what costs
+# most to encode and store), ``[1, at, element, type, visit]`` for
+# element.entered and ``[2, at, element, visit, duration_ms]`` for element.left.
+_ENTERED: Final = 1
+_LEFT: Final = 2
 _INSERT: Final = "INSERT INTO outbox (seq, count, events) VALUES (?, ?, ?)"
+
+
+def _events(first: int, text: str, *, skip: int = 0) -> Iterator[Event]:
+    """The events of one row, from its ``skip``-th on."""
+    run_id, entries = json.loads(text)
+    for offset in range(skip, len(entries)):
+        entry = entries[offset]
+        code = entry[0]
+        if code == _ENTERED:
+            _, at, element, element_type, visit = entry
+            kind = "element.entered"
+            data = {"element": element, "type": element_type, "visit": visit}
+            yield Event(seq=first + offset, kind=kind, run_id=run_id, at=at, data=data)
+        elif code == _LEFT:
+            _, at, element, visit, duration = entry
+            data = {"element": element, "visit": visit, "duration_ms": duration}
+            yield Event(seq=first + offset, kind="element.left", run_id=run_id, at=at, data=data)
+        else:
+            kind, event_run, at, data = entry
+            yield Event(seq=first + offset, kind=kind, run_id=event_run, at=at, data=data)
 
 
 class Outbox:
@@ -169,14 +204,11 @@ class Outbox:
         """
         if not events:
             return self.last_seq()
-        return self.append_rows([[e.kind, e.run_id, e.at, e.data] for e in events])
+        entries = [[e.kind, e.run_id, e.at, e.data] for e in events]
+        return self.append_encoded(_ENCODE([None, entries]), len(entries))
 
-    def append_rows(self, events: list[_Row]) -> int:
-        """``append`` for events already as ``[kind, run_id, at, data]`` lists."""
-        count = len(events)
-        if not count:
-            return self.last_seq()
-        text = _ENCODE(events)
+    def append_encoded(self, text: str, count: int) -> int:
+        """``append`` for one row's text (see ``_INSERT``'s comment) of ``count`` events."""
         conn = self._conn
         with self.store.transaction():
             try:
@@ -195,35 +227,26 @@ class Outbox:
         found: list[Event] = []
         if limit <= 0:
             return found
+        # The row holding ``after + 1`` may start below it: begin with the last
+        # row that starts at or before it.
+        cursor = self._conn.cursor()
         try:
-            for first, row in self._rows_from(after):
-                skip = max(after + 1 - first, 0)
-                for offset in range(skip, len(row)):
-                    kind, run_id, at, data = row[offset]
-                    found.append(
-                        Event(seq=first + offset, kind=kind, run_id=run_id, at=at, data=data)
-                    )
-                    if len(found) >= limit:
-                        return found
-        except sqlite3.Error as exc:
-            raise self._fail(exc, "read the outbox") from exc
-        return found
-
-    def _rows_from(self, after: int) -> Iterator[tuple[int, list[_Row]]]:
-        """Rows holding events above ``after``, oldest first, decoded one at a time."""
-        # The row holding ``after + 1`` may start below it: start at the last row
-        # that begins at or before it.
-        cursor = self._conn.execute(
-            "SELECT seq, events FROM outbox WHERE seq >= coalesce("
-            "(SELECT max(seq) FROM outbox WHERE seq <= ?), 0) ORDER BY seq",
-            (after + 1,),
-        )
-        try:
+            cursor.execute(
+                "SELECT seq, events FROM outbox WHERE seq >= coalesce("
+                "(SELECT max(seq) FROM outbox WHERE seq <= ?), 0) ORDER BY seq",
+                (after + 1,),
+            )
             while chunk := cursor.fetchmany(16):
                 for first, text in chunk:
-                    yield first, json.loads(text)
+                    for event in _events(first, text, skip=max(after + 1 - first, 0)):
+                        found.append(event)
+                        if len(found) >= limit:
+                            return found
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "read the outbox") from exc
         finally:
             cursor.close()
+        return found
 
     def ack(self, seq: int) -> int:
         """The control plane stored every event up to ``seq``: drop them; returns how many."""
@@ -247,9 +270,10 @@ class Outbox:
                 if row is not None:
                     first, count, text = row
                     drop = seq - first + 1
+                    run_id, entries = json.loads(text)
                     conn.execute(
                         "UPDATE outbox SET seq = ?, count = ?, events = ? WHERE seq = ?",
-                        (seq + 1, count - drop, _ENCODE(json.loads(text)[drop:]), first),
+                        (seq + 1, count - drop, _ENCODE([run_id, entries[drop:]]), first),
                     )
                     dropped += drop
             except sqlite3.Error as exc:
@@ -321,26 +345,20 @@ class OutboxObserver:
         now, mono = self.clock(), self.mono()
         at_now = iso(now)
         status = result["status"]
-        data = minimise(result, report_outputs=self.report_outputs)
-        # [kind, run_id, at, data] per event, as the outbox stores them.
-        events: list[list[Any]] = []
+        # Fitted to MAX_EVENT_BYTES below, once the whole row is encoded.
+        data = _strip(result, report_outputs=self.report_outputs)
+        # Entries as the row stores them (see _INSERT's comment).
+        entries: list[list[Any]] = []
         if previous is None:
-            events.append(["run.started", run_id, at_now, data])
+            entries.append(["run.started", run_id, at_now, data])
         else:
-            events.extend(self._close_open_visit(run_id, now))
+            entries.extend(self._close_open_visit(run_id, now))
         waiting = result.get("waiting") or {}
         last = len(visits) - 1
         for index, visit in enumerate(visits):
             entered = now - max(mono - visit.started, 0.0)
             element = visit.element
-            events.append(
-                [
-                    "element.entered",
-                    run_id,
-                    iso(entered),
-                    {"element": element, "type": visit.type, "visit": visit.visit},
-                ]
-            )
+            entries.append([_ENTERED, iso(entered), element, visit.type, visit.visit])
             stays = index == last and (
                 (status == "running" and visit.type == "message")
                 or (
@@ -352,25 +370,22 @@ class OutboxObserver:
             if stays:
                 self._open_visit(run_id, visit, entered)
             else:
-                duration = max(visit.ended - visit.started, 0.0) * 1000
+                duration = round(max(visit.ended - visit.started, 0.0) * 1000, 3)
                 left = now - max(mono - visit.ended, 0.0)
-                events.append(
-                    [
-                        "element.left",
-                        run_id,
-                        iso(left),
-                        {
-                            "element": element,
-                            "visit": visit.visit,
-                            "duration_ms": round(duration, 3),
-                        },
-                    ]
-                )
+                entries.append([_LEFT, iso(left), element, visit.visit, duration])
         if status == "waiting" and (previous != "waiting" or visits):
-            events.append(["run.waiting", run_id, at_now, data])
+            entries.append(["run.waiting", run_id, at_now, data])
         elif status in ("completed", "failed", "cancelled"):
-            events.append([f"run.{status}", run_id, at_now, data])
-        self.outbox.append_rows(events)
+            entries.append([f"run.{status}", run_id, at_now, data])
+        text = _ENCODE([run_id, entries])
+        # UTF-8 takes at most 4 bytes a character: a row this short holds no
+        # result over the bound, and the usual row is far shorter.
+        if len(text) > MAX_EVENT_BYTES // 4:
+            fitted = _fit(dict(data))
+            data.clear()
+            data.update(fitted)  # the run.* entries hold this very dict
+            text = _ENCODE([run_id, entries])
+        self.outbox.append_encoded(text, len(entries))
         if previous is None and self.on_started is not None:
             self.on_started(run_id)
 
@@ -397,8 +412,7 @@ class OutboxObserver:
         element, visit, entered = row
         # Wall time: the visit may have spanned a restart, which a monotonic clock cannot.
         duration = max(now - float(entered), 0.0) * 1000
-        data = {"element": element, "visit": visit, "duration_ms": round(duration, 3)}
-        return [["element.left", run_id, iso(now), data]]
+        return [[_LEFT, iso(now), element, visit, round(duration, 3)]]
 
 
 __all__ = [

@@ -174,11 +174,13 @@ def _m005_outbox_rows(db: Database) -> None:
     """One outbox row per committed step instead of one per event (``agent.link.outbox``).
 
     A row is keyed by the sequence number of its first event (``seq``) and
-    holds ``count`` events as one JSON array of ``[kind, run_id, at, data]``;
-    the numbers stay per event and contiguous, so ``min(seq)`` is still the
-    first unacknowledged event and ``outbox_seq.last`` the last one numbered.
-    The events already waiting become rows of one event each; their ``data``
-    text is copied as it was, not decoded and encoded again.
+    holds ``count`` events as one JSON text, ``[run_id, [entry, ...]]``, whose
+    general entry is ``[kind, run_id, at, data]`` (the outbox also writes
+    shorter entries for element events); the numbers stay per event and
+    contiguous, so ``min(seq)`` is still the first unacknowledged event and
+    ``outbox_seq.last`` the last one numbered.  The events already waiting
+    become rows of one general entry each; their ``data`` text is copied as
+    it was, not decoded and encoded again.
     """
     conn = db.conn
     conn.execute(
@@ -195,7 +197,7 @@ def _m005_outbox_rows(db: Database) -> None:
         conn.executemany(
             insert,
             [
-                (seq, f"[[{json.dumps(kind)},{json.dumps(run_id)},{json.dumps(at)},{data}]]")
+                (seq, f"[null,[[{json.dumps(kind)},{json.dumps(run_id)},{json.dumps(at)},{data}]]]")
                 for seq, kind, run_id, at, data in rows
             ],
         )
