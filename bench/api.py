@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import json
@@ -43,8 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from aiohttp import ClientSession, TCPConnector
+
 # bench/ is on the path of a script run from it
 from bench_flows import PAGE, TEN_STEPS
+from bench_http import HttpError, LeanClient
 from bench_report import Row, load, machine, mib, print_table
 
 RUNS_TARGET: Final = 1_000.0  # runs/s at 16 clients
@@ -56,6 +60,16 @@ TICKS: Final = os.sysconf("SC_CLK_TCK")
 
 class BenchError(Exception):
     """A request did not do what it should: the figures would mean nothing."""
+
+
+@dataclass(slots=True)
+class ClientKind:
+    # aiohttp's client instead of bench_http's (--aiohttp-client): the way
+    # the figures before 2026-11-26 19:30 UTC were taken.
+    aiohttp: bool = False
+
+
+CLIENT: Final = ClientKind()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,28 +232,46 @@ async def drive(
     expect: Callable[[int, dict[str, Any]], bool],
 ) -> Load:
     """POST every (path, body) of ``requests`` with ``clients`` concurrent connections."""
-    from aiohttp import ClientSession, TCPConnector
-
     latencies: list[float] = []
     results: list[dict[str, Any]] = []
     queue = iter(requests)
-    headers = {"Content-Type": "application/json"}
 
-    async def client(session: ClientSession) -> None:
+    def check(path: str, status: int, answer: Any, began: float) -> None:
+        latencies.append(time.perf_counter() - began)
+        if not isinstance(answer, dict) or not expect(status, answer):
+            raise BenchError(f"POST {path} answered {status}: {answer}")
+        results.append(answer)
+
+    async def lean() -> None:
+        connection = await LeanClient.connect(server.url)
+        try:
+            for path, body in queue:
+                began = time.perf_counter()
+                status, answer = await connection.post_json(path, body)
+                check(path, status, answer, began)
+        finally:
+            await connection.close()
+
+    async def through_aiohttp(session: ClientSession) -> None:
+        headers = {"Content-Type": "application/json"}
         for path, body in queue:
             data = json.dumps(body)
             began = time.perf_counter()
             async with session.post(server.url + path, data=data, headers=headers) as response:
                 answer = await response.json()
                 status = response.status
-            latencies.append(time.perf_counter() - began)
-            if not expect(status, answer):
-                raise BenchError(f"POST {path} answered {status}: {answer}")
-            results.append(answer)
+            check(path, status, answer, began)
 
-    async with ClientSession(connector=TCPConnector(limit=clients)) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if CLIENT.aiohttp:
+            session = await stack.enter_async_context(
+                ClientSession(connector=TCPConnector(limit=clients))
+            )
         cpu, server_cpu, wall = time.process_time(), server.cpu(), time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(clients)))
+        if CLIENT.aiohttp:
+            await asyncio.gather(*(through_aiohttp(session) for _ in range(clients)))
+        else:
+            await asyncio.gather(*(lean() for _ in range(clients)))
         wall = time.perf_counter() - wall
         return Load(
             wall=wall,
@@ -425,6 +457,7 @@ async def bench_pieces(server: Server, sizes: Sizes) -> Row:
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
+    CLIENT.aiohttp = args.aiohttp_client
     print(machine())
     with tempfile.TemporaryDirectory(prefix="flow-agent-bench-api-") as tmp:
         server = Server(Path(tmp) / "state")
@@ -448,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
     parser.add_argument("--profile", action="store_true", help="cProfile the server during (a)")
+    parser.add_argument(
+        "--aiohttp-client",
+        action="store_true",
+        help="drive the server with aiohttp's client (as before) instead of the lean one",
+    )
     parser.add_argument("--serve", metavar="STATE_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -455,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(main_async(args))
-    except BenchError as exc:
+    except (BenchError, HttpError) as exc:
         print(f"bench/api.py: {exc}", file=sys.stderr)
         return 1
 
