@@ -128,7 +128,12 @@ async def serve(state_dir: Path) -> None:
         connectors=ops.connectors(registry),
         observer=chain(OutboxObserver(outbox), metrics, LogContextObserver()),
     )
-    app = create_app(runner=runner, metrics=metrics)
+    # As the daemon's _accepting: every new run first asks whether the outbox is full.
+    app = create_app(
+        runner=runner,
+        metrics=metrics,
+        accepting=lambda: "outbox_full" if outbox.full() else True,
+    )
     # CPU time, not wall time: on a busy machine a wall-clock profile charges
     # the waits for a core to whatever call happened to be running.
     profiler = cProfile.Profile(time.process_time)

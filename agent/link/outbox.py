@@ -155,7 +155,14 @@ class NewEvent:
 # element.entered and ``[2, at, element, visit, duration_ms]`` for element.left.
 _ENTERED: Final = 1
 _LEFT: Final = 2
-_INSERT: Final = "INSERT INTO outbox (seq, count, events) VALUES (?, ?, ?)"
+_COUNT_OUT: Final = "UPDATE outbox_seq SET last = last + ? WHERE id = 1"
+_INSERT: Final = (
+    "INSERT INTO outbox (seq, count, events) SELECT last - ?, ?, ? FROM outbox_seq WHERE id = 1"
+)
+_DEPTH: Final = (
+    "SELECT coalesce((SELECT last FROM outbox_seq WHERE id = 1)"
+    " - (SELECT min(seq) FROM outbox) + 1, 0)"
+)
 
 
 def _events(first: int, text: str, *, skip: int = 0) -> Iterator[Event]:
@@ -208,14 +215,17 @@ class Outbox:
         return self.append_encoded(_ENCODE([None, entries]), len(entries))
 
     def append_encoded(self, text: str, count: int) -> int:
-        """``append`` for one row's text (see ``_INSERT``'s comment) of ``count`` events."""
+        """``append`` for one row's text (see ``_ENTERED``'s comment) of ``count`` events."""
         conn = self._conn
         with self.store.transaction():
             try:
-                (last,) = conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
-                conn.execute(_INSERT, (last + 1, count, text))
-                last += count
-                conn.execute("UPDATE outbox_seq SET last = ? WHERE id = 1", (last,))
+                # Two statements, no read back: the row takes the numbers just
+                # counted out, and its rowid is its first seq.
+                conn.execute(_COUNT_OUT, (count,))
+                cursor = conn.execute(_INSERT, (count - 1, count, text))
+                if cursor.rowcount != 1:
+                    raise sqlite3.DatabaseError("the outbox_seq row is missing")
+                last = int(cursor.lastrowid or 0) + count - 1
             except sqlite3.Error as exc:
                 raise self._fail(exc, "add events to the outbox") from exc
         if self.on_append is not None:
@@ -289,9 +299,12 @@ class Outbox:
         return None if row[0] is None else int(row[0])
 
     def depth(self) -> int:
-        """Events not yet acknowledged (contiguous, so no table scan)."""
-        first = self.first_seq()
-        return 0 if first is None else self.last_seq() - first + 1
+        """Events not yet acknowledged (contiguous, so no table scan).
+
+        One statement: the API asks before every new run (``full``).
+        """
+        row = self._conn.execute(_DEPTH).fetchone()
+        return int(row[0])
 
     def full(self) -> bool:
         return self.depth() >= self.limit
@@ -347,7 +360,7 @@ class OutboxObserver:
         status = result["status"]
         # Fitted to MAX_EVENT_BYTES below, once the whole row is encoded.
         data = _strip(result, report_outputs=self.report_outputs)
-        # Entries as the row stores them (see _INSERT's comment).
+        # Entries as the row stores them (see _ENTERED's comment).
         entries: list[list[Any]] = []
         if previous is None:
             entries.append(["run.started", run_id, at_now, data])
