@@ -155,9 +155,15 @@ class NewEvent:
 # element.entered and ``[2, at, element, visit, duration_ms]`` for element.left.
 _ENTERED: Final = 1
 _LEFT: Final = 2
-_COUNT_OUT: Final = "UPDATE outbox_seq SET last = last + ? WHERE id = 1"
+# outbox_seq is a view (migration 6): the higher of outbox_counter and the
+# last number the rows hold, so a step writes its row and nothing else.
 _INSERT: Final = (
-    "INSERT INTO outbox (seq, count, events) SELECT last - ?, ?, ? FROM outbox_seq WHERE id = 1"
+    "INSERT INTO outbox (seq, count, events) SELECT last + 1, ?, ? FROM outbox_seq WHERE id = 1"
+)
+# Before rows go, the counter keeps the highest number they carry.
+_KEEP_LAST: Final = (
+    "UPDATE outbox_counter SET last = max((SELECT last FROM outbox_seq WHERE id = 1), ?)"
+    " WHERE id = 1"
 )
 _DEPTH: Final = (
     "SELECT coalesce((SELECT last FROM outbox_seq WHERE id = 1)"
@@ -219,10 +225,8 @@ class Outbox:
         conn = self._conn
         with self.store.transaction():
             try:
-                # Two statements, no read back: the row takes the numbers just
-                # counted out, and its rowid is its first seq.
-                conn.execute(_COUNT_OUT, (count,))
-                cursor = conn.execute(_INSERT, (count - 1, count, text))
+                # One statement: its rowid is its first seq.
+                cursor = conn.execute(_INSERT, (count, text))
                 if cursor.rowcount != 1:
                     raise sqlite3.DatabaseError("the outbox_seq row is missing")
                 last = int(cursor.lastrowid or 0) + count - 1
@@ -263,6 +267,7 @@ class Outbox:
         conn = self._conn
         with self.store.transaction():
             try:
+                conn.execute(_KEEP_LAST, (0,))
                 (dropped,) = conn.execute(
                     "SELECT coalesce(sum(count), 0) FROM outbox"
                     " WHERE seq <= ? AND seq + count - 1 <= ?",
@@ -312,14 +317,14 @@ class Outbox:
     def skip_to(self, seq: int) -> None:
         """Hand out numbers after ``seq`` from now on (never backwards)."""
         with self.store.transaction():
-            self._conn.execute("UPDATE outbox_seq SET last = max(last, ?) WHERE id = 1", (seq,))
+            self._conn.execute(_KEEP_LAST, (seq,))
 
     def reset(self) -> None:
         """Forget every event and restart numbering: a new identity starts at seq 1."""
         with self.store.transaction():
             self._conn.execute("DELETE FROM outbox")
             self._conn.execute("DELETE FROM outbox_open")
-            self._conn.execute("UPDATE outbox_seq SET last = 0 WHERE id = 1")
+            self._conn.execute("UPDATE outbox_counter SET last = 0 WHERE id = 1")
 
 
 class OutboxObserver:

@@ -206,12 +206,34 @@ def _m005_outbox_rows(db: Database) -> None:
     conn.execute("ALTER TABLE outbox_rows RENAME TO outbox")
 
 
+def _m006_outbox_counter(db: Database) -> None:
+    """The outbox's counter is no longer written with every step.
+
+    Each step wrote the one-row ``outbox_seq`` besides its events: one more
+    page in the WAL per step, for a number the events already carry.  The
+    counter moves to ``outbox_counter``, which keeps the highest number only
+    for when rows that carried it are deleted (acks, ``skip_to``, ``reset``);
+    ``outbox_seq`` becomes a view with the same columns and the same answer:
+    the higher of that and the last number the rows hold.
+    """
+    conn = db.conn
+    conn.execute("CREATE TABLE outbox_counter (id INTEGER PRIMARY KEY, last INTEGER NOT NULL)")
+    conn.execute("INSERT INTO outbox_counter (id, last) SELECT id, last FROM outbox_seq")
+    conn.execute("DROP TABLE outbox_seq")
+    conn.execute(
+        "CREATE VIEW outbox_seq AS SELECT c.id AS id, max(c.last, coalesce("
+        "(SELECT seq + count - 1 FROM outbox ORDER BY seq DESC LIMIT 1), 0)) AS last"
+        " FROM outbox_counter c"
+    )
+
+
 MIGRATIONS: Sequence[Migration] = (
     _m001_initial,
     _m002_link,
     _m003_secrets,
     _m004_schedules,
     _m005_outbox_rows,
+    _m006_outbox_counter,
 )
 
 

@@ -160,3 +160,22 @@ def test_migration_5_keeps_every_waiting_event_as_it_was(tmp_path: Path) -> None
         assert outbox.append(_step(2, "new")) == 11
         assert outbox.ack(10) == 4
         assert [e.seq for e in outbox.pending(after=0)] == [11]
+
+
+def test_outbox_seq_still_reads_as_the_last_number_given_out(store: SqliteStore) -> None:
+    """``flow-agent status`` and the fault checker read ``outbox_seq`` directly."""
+    outbox = Outbox(store)
+
+    def read() -> int:
+        (last,) = store._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
+        return int(last)
+
+    assert read() == 0
+    outbox.append(_step(4, "a"))
+    assert read() == 4  # written by the step's row alone
+    outbox.ack(4)
+    assert _rows(store) == [] and read() == 4  # kept when the rows that held it go
+    outbox.skip_to(9)
+    assert read() == 9 and outbox.append(_step(1, "b")) == 10
+    outbox.reset()
+    assert read() == 0 and outbox.append(_step(1, "c")) == 1
