@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import controlplane
@@ -37,3 +38,19 @@ def test_every_command_and_flag_is_documented() -> None:
                 for flag in action.option_strings:
                     if flag.startswith("--") and flag != "--help":
                         assert f"`{flag}" in text or f" {flag} " in text, (command, flag)
+
+
+# A path under examples/ named in a doc, up to the first character that cannot
+# be part of it (a space, a backtick, a closing parenthesis or quote).
+_EXAMPLE_PATH = re.compile(r"(?<![\w/.-])examples/[\w./-]*[\w/]")
+
+
+def test_every_example_path_named_in_the_docs_exists() -> None:
+    root = DOC.parent.parent
+    named: list[tuple[str, str]] = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for match in _EXAMPLE_PATH.finditer(doc.read_text(encoding="utf-8")):
+            named.append((doc.name, match.group()))
+    assert ("controlplane.md", "examples/hello.json") in named
+    missing = [(doc, path) for doc, path in named if not (root / path).exists()]
+    assert not missing, missing
