@@ -157,9 +157,13 @@ _ENTERED: Final = 1
 _LEFT: Final = 2
 # outbox_seq is a view (migration 6): the higher of outbox_counter and the
 # last number the rows hold, so a step writes its row and nothing else.
-_INSERT: Final = (
-    "INSERT INTO outbox (seq, count, events) SELECT last + 1, ?, ? FROM outbox_seq WHERE id = 1"
+_LAST: Final = "SELECT last FROM outbox_seq WHERE id = 1"
+_INSERT: Final = "INSERT INTO outbox (seq, count, events) VALUES (?, ?, ?)"
+_PENDING_FIRST: Final = (
+    "SELECT seq, events FROM outbox WHERE seq >= coalesce("
+    "(SELECT max(seq) FROM outbox WHERE seq <= ?), 0) ORDER BY seq LIMIT 16"
 )
+_PENDING_NEXT: Final = "SELECT seq, events FROM outbox WHERE seq > ? ORDER BY seq LIMIT 16"
 # Before rows go, the counter keeps the highest number they carry.
 _KEEP_LAST: Final = (
     "UPDATE outbox_counter SET last = max((SELECT last FROM outbox_seq WHERE id = 1), ?)"
@@ -225,11 +229,9 @@ class Outbox:
         conn = self._conn
         with self.store.transaction():
             try:
-                # One statement: its rowid is its first seq.
-                cursor = conn.execute(_INSERT, (count, text))
-                if cursor.rowcount != 1:
-                    raise sqlite3.DatabaseError("the outbox_seq row is missing")
-                last = int(cursor.lastrowid or 0) + count - 1
+                (last,) = conn.execute(_LAST).fetchone()
+                conn.execute(_INSERT, (last + 1, count, text))
+                last += count
             except sqlite3.Error as exc:
                 raise self._fail(exc, "add events to the outbox") from exc
         if self.on_append is not None:
@@ -242,24 +244,20 @@ class Outbox:
         if limit <= 0:
             return found
         # The row holding ``after + 1`` may start below it: begin with the last
-        # row that starts at or before it.
-        cursor = self._conn.cursor()
+        # row that starts at or before it.  Rows are read a slice at a time
+        # and decoded only as far as needed.
+        sql = _PENDING_FIRST
+        start = after + 1
         try:
-            cursor.execute(
-                "SELECT seq, events FROM outbox WHERE seq >= coalesce("
-                "(SELECT max(seq) FROM outbox WHERE seq <= ?), 0) ORDER BY seq",
-                (after + 1,),
-            )
-            while chunk := cursor.fetchmany(16):
-                for first, text in chunk:
+            while rows := self._conn.execute(sql, (start,)).fetchall():
+                for first, text in rows:
                     for event in _events(first, text, skip=max(after + 1 - first, 0)):
                         found.append(event)
                         if len(found) >= limit:
                             return found
+                sql, start = _PENDING_NEXT, rows[-1][0]
         except sqlite3.Error as exc:
             raise self._fail(exc, "read the outbox") from exc
-        finally:
-            cursor.close()
         return found
 
     def ack(self, seq: int) -> int:
@@ -296,7 +294,7 @@ class Outbox:
         return int(dropped)
 
     def last_seq(self) -> int:
-        row = self._conn.execute("SELECT last FROM outbox_seq WHERE id = 1").fetchone()
+        row = self._conn.execute(_LAST).fetchone()
         return int(row[0])
 
     def first_seq(self) -> int | None:
