@@ -33,7 +33,10 @@ PROG = "flow-controlplane"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+        # main() puts PROG in front of every error: name only the subcommand here.
+        command = self.prog.removeprefix(PROG).strip()
+        text = f"{command}: {message}" if command else message
+        raise UsageError(text, hint=f"see '{self.prog} --help'")
 
 
 def parse_duration(text: str) -> float:

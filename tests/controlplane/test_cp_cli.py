@@ -114,6 +114,33 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert "usage: flow-controlplane" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("argv", "first_line"),
+    [
+        (
+            ["--data", "cp-data", "tenant", "create", "acme"],
+            "flow-controlplane: argument COMMAND: invalid choice: 'cp-data'",
+        ),
+        (
+            ["activate", "hello", "x"],
+            "flow-controlplane: activate: argument VERSION: invalid int value: 'x'",
+        ),
+        (
+            ["token", "create"],
+            "flow-controlplane: token create: the following arguments are required: --tenant",
+        ),
+    ],
+)
+def test_usage_errors_name_the_program_once(
+    argv: list[str], first_line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process: the error path is argparse's either way.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith(first_line), err
+    assert err.count("flow-controlplane:") == 1, err
+
+
 async def test_usage_errors_exit_2() -> None:
     done = await cli("token", "create")
     assert done.code == 2
