@@ -1,18 +1,23 @@
 """The ``flow-agent`` command line (spec/cli.md).
 
-Exit codes: 0 success, 1 the operation failed, 2 usage error.  Errors go to
-stderr as lines a person can act on; a traceback never reaches the user.
+Exit codes: 0 success, 1 the operation failed, 2 usage error, 141 when
+whoever read stdout went away (``flow-agent ... | head``), as for a process
+killed by SIGPIPE.  Errors go to stderr as lines a person can act on; a
+traceback never reaches the user.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from agent import __version__
 from agent.errors import AgentError, UsageError
+
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE: what a shell shows for a writer cut off
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Plugin connector types must be known before any flow is parsed.
             discover_plugins()
         handler: Handler = args.handler
-        return handler(args)
+        code = handler(args)
+        # A reader that went away shows here, not in a flush at interpreter exit.
+        sys.stdout.flush()
+        return code
     except AgentError as exc:
         for line in str(exc).splitlines():
             print(
@@ -199,7 +207,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("flow-agent: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return 1
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush would fail on the pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is no file (a test's capture): nothing will flush into a pipe
 
 
 if __name__ == "__main__":  # pragma: no cover
