@@ -19,6 +19,7 @@ from agent.errors import OperationError, UsageError
 from agent.flow.commands import Answer
 from agent.flow.engine import AnswerRefused, InputInvalid
 from agent.flow.model import Flow
+from agent.identity import IDENTITY_FILE, load_identity
 from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
 from agent.runtime.runner import Runner
 from agent.secrets import SecretStore, SecretsView
@@ -83,6 +84,28 @@ def _state_dir(given: str | None) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _refuse_paired(state_dir: Path, *, doing: str) -> None:
+    """Keep ``exec`` and ``resume`` out of a paired agent's state directory.
+
+    Its store holds the flows its control plane publishes (signed) and runs
+    that the daemon reports step by step: a local flow file recorded there
+    would become the version the daemon runs, and a run moved on here would
+    never be reported.
+    """
+    if not (state_dir / IDENTITY_FILE).exists():
+        return
+    try:
+        identity = load_identity(state_dir)
+    except OperationError:
+        identity = None  # damaged, but a paired agent's all the same
+    whose = "" if identity is None else f" (agent {identity.agent_id} in tenant {identity.tenant})"
+    raise UsageError(
+        f"{state_dir} is the state directory of a paired agent{whose}: {doing}",
+        hint="use another --state-dir for local flows (or none: a temporary one); a paired"
+        " agent's runs go on in its daemon (flow-agent run), its pages through its local API",
+    )
+
+
 def _connector_settings(args: argparse.Namespace) -> Settings:
     """The connector settings: flag > FLOW_AGENT_* > the config file > default, as for ``run``."""
     flags = {
@@ -137,6 +160,12 @@ def exec_(args: argparse.Namespace) -> int:
         _print_invalid(exc)
         return EXIT_USAGE
     inputs = _inputs(args)
+    if args.state_dir:
+        _refuse_paired(
+            Path(args.state_dir),
+            doing=f"exec would store {args.file} (flow '{flow.id}') in its store, where its"
+            " daemon would run it in place of the version its control plane publishes",
+        )
 
     async def go(state_dir: Path) -> dict[str, Any]:
         async with _runner(state_dir, args, [*local, flow]) as runner:
@@ -157,6 +186,11 @@ def resume(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     if not (state_dir / "state.db").exists():
         raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
+    _refuse_paired(
+        state_dir,
+        doing=f"resume would move run {args.run_id} on outside its daemon, unreported to the"
+        " control plane" + (", and store the --flows files in its store" if args.flows else ""),
+    )
     try:
         local = _local_flows(args)
     except FlowFileInvalid as exc:
