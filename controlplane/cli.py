@@ -1,8 +1,9 @@
 """The ``flow-controlplane`` command line (spec/cli.md).
 
 ``serve`` runs the control plane; every other command is a thin client of the
-admin API.  Exit codes: 0 success, 1 the operation failed, 2 usage error.
-Errors go to stderr as lines a person can act on, never a traceback.
+admin API.  Exit codes: 0 success, 1 the operation failed, 2 usage error, 141
+stdout closed by its reader.  Errors go to stderr as lines a person can act on,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import re
 import signal
 import ssl
@@ -474,7 +476,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:
             parser.print_help(sys.stderr)
             return 2
-        return handler(args)
+        code = handler(args)
+        # A closed reader shows here, inside the handling below, not at exit.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`): quiet, as a killed-by-SIGPIPE tool would
+        # be; stdout goes to devnull so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except AgentError as exc:
         print(f"{PROG}: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -259,6 +259,30 @@ async def test_admin_commands_against_a_served_control_plane(
     assert await asyncio.wait_for(served.proc.wait(), 30) == 0
 
 
+async def test_a_reader_that_closes_at_once_gets_no_error(served: ServerProcess) -> None:
+    flags = served.flags()
+    assert (await cli("tenant", "create", "acme", *flags)).code == 0
+    for command in (["runs"], ["runs", "--json"], ["agents"]):
+        # The read end is closed before the command starts: its first write must fail.
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *CLI,
+                *command,
+                "--tenant",
+                "acme",
+                *flags,
+                env=clean_env(),
+                stdout=write_end,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        finally:
+            os.close(write_end)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert (proc.returncode, err.decode()) == (128 + signal.SIGPIPE, ""), command
+
+
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "45s", "10m", "2h", "1d", "1h30m")] == [
         90,
