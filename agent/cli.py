@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "runs",
         help="list top-level runs in a state directory",
-        description="List top-level runs, newest first.",
+        description="List top-level runs, newest first. Reads without taking the state"
+        " directory's lock, so it works while the daemon runs.",
     )
     p.add_argument("--state-dir", metavar="DIR", required=True)
     p.add_argument("--status", choices=("running", "waiting", "completed", "failed", "cancelled"))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.connectors.registry import default_registry
+from agent.connectors.registry import ConnectorRegistry, default_registry
 from agent.errors import OperationError, UsageError
 from agent.flow.commands import Answer
 from agent.flow.engine import AnswerRefused, InputInvalid
@@ -118,11 +118,11 @@ def _connector_settings(args: argparse.Namespace) -> Settings:
 
 @asynccontextmanager
 async def _runner(
-    state_dir: Path, args: argparse.Namespace, local: list[Flow], *, connectors: bool = True
+    state_dir: Path, args: argparse.Namespace, local: list[Flow]
 ) -> AsyncIterator[Runner]:
     overrides = _pairs(args.secret, "--secret")
-    # A bad setting is refused before any state is made; `runs` calls no connector.
-    options = _connector_settings(args).connector_options() if connectors else {}
+    # A bad setting is refused before any state is made.
+    options = _connector_settings(args).connector_options()
     store = SqliteStore.open(state_dir, synchronous=args.sync)
     key_file = getattr(args, "secrets_key_file", None)
     try:
@@ -223,14 +223,18 @@ def runs(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     if not (state_dir / "state.db").exists():
         raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
-    args.secret, args.max_wait, args.sync = [], 0.0, "normal"
+    # Read-only and without the directory's lock: a running daemon's runs can be listed.
+    store = SqliteStore.open_readonly(state_dir)
+    try:
+        runner = Runner(store=store, catalog=Catalog(store), connectors=ConnectorRegistry())
 
-    async def go() -> list[tuple[float, dict[str, Any]]]:
-        async with _runner(state_dir, args, [], connectors=False) as runner:
-            records = runner.store.list_runs(status=args.status, top_level=True, limit=10_000)
+        async def go() -> list[tuple[float, dict[str, Any]]]:
+            records = store.list_runs(status=args.status, top_level=True, limit=10_000)
             return [(r.updated_at, await runner.result_of(r.run_id)) for r in records]
 
-    listed = asyncio.run(go())
+        listed = asyncio.run(go())
+    finally:
+        store.close()
     if args.json:
         print(json.dumps([result for _, result in listed], indent=2))
         return EXIT_OK

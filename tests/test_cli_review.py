@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.cli import EXIT_BROKEN_PIPE
+from agent.connectors.registry import ConnectorRegistry
+from agent.errors import StateDirLocked, StoreError
+from agent.runtime.catalog import Catalog, read_flow_file
+from agent.runtime.runner import Runner
+from agent.store.sqlite import SqliteStore
 from tests.e2e.helpers import clean_env
-from tests.test_cli import EXAMPLES
+from tests.test_cli import EXAMPLES, run
 
 # -- a reader that goes away -------------------------------------------------------------
 
@@ -43,3 +51,52 @@ def test_a_closed_pipe_exits_141_without_a_word(tmp_path: Path, argv: list[str])
         os.close(write_end)
     assert done.returncode == EXIT_BROKEN_PIPE == 141
     assert done.stderr == b""
+
+
+# -- runs next to the daemon ---------------------------------------------------------------
+
+
+def _exec_kept(capsys: pytest.CaptureFixture[str], state: Path, *argv: str) -> dict[str, Any]:
+    code, out, err = run(capsys, "exec", *argv, "--state-dir", str(state), "--json")
+    assert code == 0, err
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def test_runs_lists_a_store_another_process_holds(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first = _exec_kept(capsys, state, str(EXAMPLES / "hello.json"))
+    # The writer (a daemon, say) holds the directory's lock and commits while `runs` reads.
+    with SqliteStore.open(state) as writer:
+        with pytest.raises(StateDirLocked):
+            SqliteStore.open(state)
+        flow = read_flow_file(EXAMPLES / "hello.json")
+        runner = Runner(
+            store=writer, catalog=Catalog(writer, local=[flow]), connectors=ConnectorRegistry()
+        )
+        later = asyncio.run(runner.start(flow.id, {"name": "again"}))
+        code, out, err = run(capsys, "runs", "--state-dir", str(state), "--json")
+        assert code == 0, err
+        assert [r["run_id"] for r in json.loads(out)] == [later["run_id"], first["run_id"]]
+        code, out, _ = run(capsys, "runs", "--state-dir", str(state), "--status", "waiting")
+        assert (code, out) == (0, "no runs\n")
+        # The lister left the writer's store writable and its own hands off.
+        writer.set_meta("still.mine", "yes")
+    with SqliteStore.open(state) as store:
+        assert store.get_meta("still.mine") == "yes"
+
+
+def test_a_read_only_store_refuses_writes(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
+    reader = SqliteStore.open_readonly(tmp_path)
+    try:
+        with pytest.raises(StoreError, match="read-only"):
+            reader.set_meta("k", "v")
+        assert reader.get_meta("k") is None
+    finally:
+        reader.close()
+        reader.close()  # idempotent, as for a writer's store
+    # It never held the lock: a writer opens next to it, and after it.
+    SqliteStore.open(tmp_path).close()

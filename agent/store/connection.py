@@ -116,6 +116,35 @@ def connect(
     return conn
 
 
+def connect_readonly(
+    path: Path, *, busy_timeout: float, schema: int | None = None
+) -> sqlite3.Connection:
+    """A connection that cannot write, for reading next to the writer (WAL allows it).
+
+    With ``schema``, a database whose schema is older than that is refused:
+    a reader cannot bring it up to date.
+    """
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise translate(exc, doing="open", path=path, busy_timeout=busy_timeout) from exc
+    if schema is None:
+        return conn
+    try:
+        (found,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate(exc, doing="read", path=path, busy_timeout=busy_timeout) from exc
+    if found < schema:
+        conn.close()
+        raise StoreError(
+            f"{path} has schema version {found}; this flow-agent reads {schema}",
+            hint="start the agent on it once (flow-agent run), which brings it up to date",
+        )
+    return conn
+
+
 def _quick_check(path: Path, *, busy_timeout: float) -> str | None:
     """``None`` when the database passes ``quick_check``, else the problem.
 
@@ -123,11 +152,7 @@ def _quick_check(path: Path, *, busy_timeout: float) -> str | None:
     checkpoint the WAL into a damaged file and delete the WAL, destroying
     what a person may need to recover data.
     """
-    uri = f"file:{quote(str(path))}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
-    except sqlite3.Error as exc:
-        raise translate(exc, doing="open", path=path, busy_timeout=busy_timeout) from exc
+    conn = connect_readonly(path, busy_timeout=busy_timeout)
     # A damaged page can put bytes that are not UTF-8 into quick_check's report.
     conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
     try:

@@ -56,6 +56,7 @@ from agent.store.connection import (
     CORRUPT,
     NOTADB,
     connect,
+    connect_readonly,
     primary_code,
     sync_level,
     translate,
@@ -164,13 +165,14 @@ class SqliteStore:
         *,
         conn: sqlite3.Connection,
         path: Path,
-        lock_fd: int,
+        lock_fd: int | None,
         clock: Callable[[], float],
         busy_timeout: float,
     ) -> None:
         self._conn = conn  # prepared statements on the hot paths; sqlite-utils for migrations
         self.path = path
-        self._lock_fd: int | None = lock_fd
+        self._lock_fd = lock_fd  # None: a reader's store (open_readonly), which holds no lock
+        self._open = True
         self._clock = clock
         self._busy_timeout = busy_timeout
         self._depth = 0
@@ -218,6 +220,21 @@ class SqliteStore:
             files.release_lock(lock_fd)
             raise
         return cls(conn=conn, path=path, lock_fd=lock_fd, clock=clock, busy_timeout=busy_timeout)
+
+    @classmethod
+    def open_readonly(
+        cls, state_dir: Path, *, clock: Callable[[], float] = time.time, busy_timeout: float = 5.0
+    ) -> SqliteStore:
+        """Read ``state_dir`` without its lock, next to the process that owns it.
+
+        Nothing is checked, migrated or written (a write raises ``StoreError``);
+        a schema older than this code reads is refused.
+        """
+        path = Path(state_dir) / files.DB_NAME
+        if not path.is_file():
+            raise StoreError(f"{path} does not exist", hint="check --state-dir")
+        conn = connect_readonly(path, busy_timeout=busy_timeout, schema=len(MIGRATIONS))
+        return cls(conn=conn, path=path, lock_fd=None, clock=clock, busy_timeout=busy_timeout)
 
     # Transactions
 
@@ -459,13 +476,15 @@ class SqliteStore:
 
         An open transaction is rolled back.
         """
-        if self._lock_fd is None:
+        if not self._open:
             return
+        self._open = False
         try:
             self._conn.close()
         finally:
-            files.release_lock(self._lock_fd)
-            self._lock_fd = None
+            if self._lock_fd is not None:
+                files.release_lock(self._lock_fd)
+                self._lock_fd = None
 
     def __enter__(self) -> SqliteStore:
         return self
