@@ -28,6 +28,7 @@ tells admins the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -41,7 +42,7 @@ from agent.api import create_app
 from agent.api.metrics import Metrics
 from agent.api.serve import URL_META, ApiServer, api_token, listen_address, public_url
 from agent.connectors.registry import ConnectorRegistry, default_registry
-from agent.errors import AgentError, ConfigError, OperationError, StoreError
+from agent.errors import AgentError, ConfigError, OperationError, StoreError, UsageError
 from agent.identity import Identity, load_identity, load_private_key
 from agent.link.client import Link, LinkOptions
 from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
@@ -55,7 +56,7 @@ from agent.link.pairing import (
     wipe_token_file,
 )
 from agent.link.secret_inbox import SecretReceiver
-from agent.link.state import LinkState, read_link_status
+from agent.link.state import REPAIR_HINT, LinkState, read_link_status
 from agent.link.transport import check_plaintext, link_url, open_link, ssl_context
 from agent.logs import LogContextObserver, RedactingSecrets, add_secret, configure_logging
 from agent.metrics import AgentMetrics, chain
@@ -178,6 +179,8 @@ class Agent:
         self.ready = asyncio.Event()  # serving (readiness is self.lifecycle.readiness)
         self.stop_requested = asyncio.Event()
         self.force = asyncio.Event()
+        # 0 after a requested stop; EXIT_CONFIG when the control plane revoked this agent.
+        self.exit_code = 0
         self._wake_failed: dict[str, float] = {}
         # Schedule triggers fire from the stored flows: no control plane needed.
         self.scheduler = Scheduler(
@@ -238,9 +241,9 @@ class Agent:
         self.lifecycle.readiness.done("api")
         self.api_started.set()
 
-    async def _stop_api(self) -> None:
+    async def _stop_api(self, *, grace: float | None = None) -> None:
         if self.api is not None:
-            await self.api.stop(force=self.force)  # a no-op once stopped
+            await self.api.stop(force=self.force, grace=grace)  # a no-op once stopped
         if self.api_url is not None:
             self.api_url = None
             self.store.set_meta(URL_META, "")
@@ -270,19 +273,20 @@ class Agent:
             self.stop_requested.set()
 
     async def serve(self) -> None:
-        """Run until ``request_stop``; every task lives in this one group."""
-        link_enabled = self._link_allowed()
+        """Run until ``request_stop``; every task lives in this one group.
+
+        Raises ConfigError when the control plane has revoked or refused this
+        agent: a revoked agent runs nothing, and restarting cannot help.
+        """
+        self._check_not_revoked()
         await self._start_api()
         try:
             async with asyncio.TaskGroup() as group:
                 self.pool.bind(group)
                 lifecycle = [
-                    group.create_task(work, name=name)
-                    for name, work in self.lifecycle.tasks(link_enabled=link_enabled)
+                    group.create_task(work, name=name) for name, work in self.lifecycle.tasks()
                 ]
-                link_task = (
-                    group.create_task(self._link_main(), name="link") if link_enabled else None
-                )
+                group.create_task(self._link_main(), name="link")
                 timers = group.create_task(self._timers(), name="timers")
                 schedules = group.create_task(self.scheduler.run(), name="schedules")
                 if not self.stop_requested.is_set():
@@ -294,11 +298,14 @@ class Agent:
                 self.lifecycle.stopping(runs=len(self.pool))
                 timers.cancel()
                 schedules.cancel()
-                # Runs driven by API requests drain alongside the pool's.
-                api_stop = group.create_task(self._stop_api(), name="api stop")
+                # The listener stays open while runs drain: new runs get 503
+                # draining, but answers, cancels and connector callbacks still
+                # land.  Then it closes, and runs driven by API requests get
+                # what is left of drain_timeout.
+                deadline = self.mono() + self.settings.drain_timeout
                 await self.pool.drain(self.settings.drain_timeout, force=self.force)
-                await api_stop
-                if link_task is not None and not self.force.is_set():
+                await self._stop_api(grace=max(0.0, deadline - self.mono()))
+                if not self.force.is_set() and self.exit_code == 0:
                     await self._flush()
                 self.link.stop()
                 for task in lifecycle:
@@ -308,26 +315,30 @@ class Agent:
         await self.registry.close_all()
         self.lifecycle.stopped(leftover=interrupted_runs(self.runner))
 
-    def _link_allowed(self) -> bool:
+    def _check_not_revoked(self) -> None:
         status = read_link_status(self.store)
         if status.state.terminal:
-            log.error(
-                "the control plane %s this agent (%s); it will not connect again."
-                " Pair it again with a new token: flow-agent pair TOKEN --force",
-                "revoked" if status.state is LinkState.REVOKED else "refused",
-                status.detail or status.state.value,
+            raise ConfigError(
+                f"the control plane {_verb(status.state)} this agent"
+                f" ({status.detail or status.state.value}); it runs nothing until it is"
+                " paired again. Its runs are kept and go on after the new pairing",
+                hint=REPAIR_HINT,
             )
-            return False
-        return True
 
     async def _link_main(self) -> None:
         state = await self.link.run()
         if state.terminal:
+            # Revocation stops the agent, not just the link: a revoked host must
+            # not go on calling business systems.  Runs park as in a drain
+            # (nothing is lost) and go on once the agent is paired again.
             log.error(
-                "the link is closed for good (%s); runs already here keep their timers,"
-                " but no new work arrives until the agent is paired again",
-                state.value,
+                "the control plane %s this agent: stopping (runs in flight park and go on"
+                " after a new pairing); %s",
+                _verb(state),
+                REPAIR_HINT,
             )
+            self.exit_code = EXIT_CONFIG
+            self.request_stop()
 
     async def _flush(self) -> None:
         deadline = self.mono() + FLUSH_ON_STOP
@@ -375,20 +386,42 @@ def token_from_env(env: Mapping[str, str]) -> tuple[str | None, Path | None]:
     return None, None
 
 
+def _verb(state: LinkState) -> str:
+    return "revoked" if state is LinkState.REVOKED else "refused"
+
+
 async def ensure_identity(
     settings: Settings, store: SqliteStore, *, env: Mapping[str, str]
 ) -> Identity:
-    """The stored identity, or a new one from the environment's token (first start)."""
+    """The stored identity, or a new one from the environment's token.
+
+    The token is used on the first start, and after the control plane revoked
+    or refused the stored identity (a new token is how an admin re-pairs a
+    container); otherwise it is ignored.
+    """
     identity = load_identity(settings.state_dir)
+    revoked = identity is not None and read_link_status(store).state.terminal
+    text: str | None = None
+    path: Path | None = None
     if identity is None:
         text, path = token_from_env(env)
-        if text is None:
-            raise OperationError(
-                f"this agent is not paired ({settings.state_dir} holds no identity)",
-                hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
-                " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
-            )
-        log.info("not paired yet: pairing with the token from the environment")
+    elif revoked:
+        # The first start's token file may be gone (wiped after use): then "revoked" is
+        # what to say, and serve() says it.
+        with contextlib.suppress(UsageError):
+            text, path = token_from_env(env)
+        text = text or None
+    if identity is None and text is None:
+        raise OperationError(
+            f"this agent is not paired ({settings.state_dir} holds no identity)",
+            hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
+            " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
+        )
+    if text is not None:
+        log.info(
+            "%s: pairing with the token from the environment",
+            "revoked by the control plane" if revoked else "not paired yet",
+        )
         try:
             result = await pair(
                 text,
@@ -408,7 +441,9 @@ async def ensure_identity(
     elif env.get("FLOW_AGENT_PAIRING_TOKEN") or env.get("FLOW_AGENT_PAIRING_TOKEN_FILE"):
         # Only look at the variables: pairing wiped the token file, and a
         # restart must not need it.
+        assert identity is not None  # no identity and no token was refused above
         log.info("already paired as %s; the pairing token is not used", identity.agent_id)
+    assert identity is not None
     adopt_identity(store, identity)
     return identity
 
@@ -530,7 +565,7 @@ async def _run(
             vault.close()
         store.close()
     log.info("stopped")
-    return 0
+    return agent.exit_code
 
 
 __all__ = ["EXIT_CONFIG", "EXIT_CRASH", "Agent", "ensure_identity", "run_daemon", "token_from_env"]

@@ -148,6 +148,7 @@ def check_disk(state_dir: Path) -> Check:
 def check_identity(state_dir: Path) -> tuple[Check, Any]:
     """The identity check and the loaded (identity, key), or None."""
     from agent.identity import load_identity, load_private_key
+    from agent.link.state import REPAIR_HINT
     from agent.link.status import read_status
 
     name = "identity"
@@ -166,7 +167,7 @@ def check_identity(state_dir: Path) -> tuple[Check, Any]:
             name,
             f"{who}: the control plane {link.state.value.replace('_', ' ')} this agent"
             + (f" ({link.detail})" if link.detail else ""),
-            "pair again with a new token: flow-agent pair TOKEN --force",
+            REPAIR_HINT,
         ), None
     return _pass(name, who), (identity, key)
 
@@ -336,6 +337,7 @@ async def check_websocket(
 
     from agent import __version__
     from agent.identity import host_facts
+    from agent.link.state import REPAIR_HINT
     from agent.link.transport import link_url, open_link
     from agent.protocol.frames import Auth, Hello, Welcome
     from agent.protocol.session import Role, Session, classify_close
@@ -385,11 +387,7 @@ async def check_websocket(
     except ConnectionClosed as exc:
         code = exc.rcvd.code if exc.rcvd is not None else None
         info = classify_close(code)
-        hint = (
-            "pair again with a new token: flow-agent pair TOKEN --force"
-            if info.terminal
-            else "see the control plane's log"
-        )
+        hint = REPAIR_HINT if info.terminal else "see the control plane's log"
         return _fail(name, f"the control plane closed the link: {info.reason} ({code})", hint), None
     except TimeoutError:
         return _fail(

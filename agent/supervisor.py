@@ -15,8 +15,8 @@ answers an inventory at once, frames back to back, one round trip later).
 Offline counts too when it is safe: the first attempt to reach the control
 plane failed and flows synced earlier are stored here, so they run; with no
 flow at all the agent stays not ready until the control plane answers.  A
-revoked or refused identity is terminal: nothing more will arrive, so the
-agent is ready with what it has and says why in ``STATUS=``.
+revoked or refused identity is terminal: the agent stops (exit 78) and says
+why in ``STATUS=``.
 
 The watchdog is fed only while the loops really progress: every
 ``WATCHDOG_USEC / 2`` the watchdog task checks that every watched loop (the
@@ -188,7 +188,7 @@ class Lifecycle:
         # on a slow path, wait for its flows longer than on loopback.
         self.sync_settle = min(max(SYNC_SETTLE, 2 * took), MAX_SYNC_SETTLE)
 
-    def tasks(self, *, link_enabled: bool) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """The long-lived tasks to start in the supervisor's group."""
         agent = self.agent
         self._set_state("starting")
@@ -198,7 +198,7 @@ class Lifecycle:
             "timer", lambda: 3 * agent.settings.timer_interval + (interval or 0.0) + 1.0
         )
         found: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("startup", self._startup(link_enabled=link_enabled)),
+            ("startup", self._startup()),
             ("report", self._report()),
         ]
         if interval is not None:
@@ -237,11 +237,8 @@ class Lifecycle:
 
     # -- readiness ----------------------------------------------------------------
 
-    async def _startup(self, *, link_enabled: bool) -> None:
-        if link_enabled:
-            await self._first_sync()
-        else:
-            self.readiness.done("sync", self._link_words())
+    async def _startup(self) -> None:
+        await self._first_sync()
         await self.readiness.event.wait()
         if self.readiness.stopping:
             return
@@ -299,9 +296,9 @@ class Lifecycle:
         if status.state is LinkState.CONNECTED and agent.link.ready.is_set():
             return f"connected to {agent.identity.url}"
         if status.state is LinkState.REVOKED:
-            return "revoked by the control plane: pair again (flow-agent pair TOKEN --force)"
+            return "revoked by the control plane: pair again (flow-agent pair --token-file FILE)"
         if status.state is LinkState.AUTH_REFUSED:
-            return "refused by the control plane: pair again (flow-agent pair TOKEN --force)"
+            return "refused by the control plane: pair again (flow-agent pair --token-file FILE)"
         if status.state is LinkState.NEVER:
             return "connecting to the control plane"
         return f"offline ({status.detail or 'disconnected'}); retrying"

@@ -131,23 +131,29 @@ class ApiServer:
         self.url = f"http://{shown}:{port}"
         return self.url
 
-    async def stop(self, *, force: asyncio.Event | None = None) -> None:
+    async def stop(
+        self, *, force: asyncio.Event | None = None, grace: float | None = None
+    ) -> None:
         """Close the listener, let requests in flight finish (up to the grace
-        period), or cut them short at once when ``force`` is set."""
+        period, or ``grace`` seconds when given), or cut them short at once
+        when ``force`` is set."""
         if not self._started:
             return
-        if force is None:
+        if force is None and grace is None:
             await self._runner.cleanup()
         else:
-            await self._stop(force)
+            await self._stop(force or asyncio.Event(), grace)
         # Only now: a stop cut short by cancellation is done again by the next call.
         self._started = False
 
-    async def _stop(self, force: asyncio.Event) -> None:
+    async def _stop(self, force: asyncio.Event, grace: float | None) -> None:
         cleanup = asyncio.ensure_future(self._runner.cleanup())
         forced = asyncio.ensure_future(force.wait())
         try:
-            await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED)
+            # Past ``grace`` the stop is cut short like a forced one.
+            await asyncio.wait(
+                {cleanup, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             forced.cancel()
             if not cleanup.done():

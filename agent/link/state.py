@@ -21,6 +21,11 @@ from agent.link.outbox import connection
 from agent.store.sqlite import SqliteStore
 
 META_KEY: Final = "link.status"
+# What to do once the control plane revoked or refused this agent's identity.
+REPAIR_HINT: Final = (
+    "pair again with a new token: flow-agent pair --token-file FILE (no --force needed),"
+    " or set FLOW_AGENT_PAIRING_TOKEN_FILE and start the agent"
+)
 
 
 class LinkState(StrEnum):

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from agent.errors import OperationError
 from agent.identity import Identity, load_identity
-from agent.link.state import META_KEY, LinkState, LinkStatus
+from agent.link.state import META_KEY, REPAIR_HINT, LinkState, LinkStatus
 from agent.protocol.session import classify_close
 from agent.store.files import DB_NAME, LOCK_NAME
 
@@ -44,7 +44,7 @@ class AgentStatus:
             "session_id": self.link.session_id,
         }
         if self.link.state.terminal:
-            link["action"] = "pair again with a new token: flow-agent pair TOKEN --force"
+            link["action"] = REPAIR_HINT
         return {
             "state_dir": str(self.state_dir),
             "paired": self.identity is not None,
@@ -207,7 +207,7 @@ def format_status(status: AgentStatus) -> list[str]:
     if link.state.terminal:
         code = 4403 if link.state is LinkState.REVOKED else 4401
         lines.append(f"                 {link.detail or classify_close(code).reason}")
-        lines.append("                 re-pairing is needed: flow-agent pair TOKEN --force")
+        lines.append(f"                 re-pairing is needed: {REPAIR_HINT}")
     elif link.detail and link.state is LinkState.DISCONNECTED:
         lines.append(f"                 last reason: {link.detail}")
     if status.flows:

@@ -29,6 +29,7 @@ import pytest
 from tests.support.net import serve_app
 
 from .helpers import ROOT, CpProcess, cp_process, free_port, wait_for
+from .test_serve import http
 
 HELLO: dict[str, Any] = {
     "format": "flow/v1",
@@ -390,6 +391,11 @@ def test_sigterm_drains_runs_in_flight_within_the_grace_period(
         wait_for(lambda: len(sink.keys) == 5, what="five calls in flight")
         daemon.signal(signal.SIGTERM)
         wait_for(lambda: daemon.logged("stopping: no new runs"), what="the drain to begin")
+        # The API stays up while runs drain: not ready, new runs refused, by name.
+        api = f"http://127.0.0.1:{daemon.api_port}"
+        assert http("GET", f"{api}/readyz")[0] == 503
+        status, problem = http("POST", f"{api}/api/v1/flows/charge/runs", {"inputs": {}})
+        assert status == 503 and problem["type"].endswith(":draining"), problem
         sink.release()  # the calls answer: the runs finish inside the grace period
         assert daemon.wait() == 0, daemon.err
     finally:

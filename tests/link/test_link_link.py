@@ -101,13 +101,13 @@ async def test_revocation_disconnects_at_once_and_stops_for_good(
     assert status.link.state is LinkState.REVOKED
     lines = "\n".join(format_status(status))
     assert "revoked" in lines and "re-pairing is needed" in lines
-    # No reconnect storm: the link is finished; local work goes on.
+    # No reconnect storm: the link is finished, and so is the agent (exit 78).
+    await within(a.stop_requested.wait(), "the revoked agent to stop itself")
     await cp.publish(HELLO)
     assert a.link.sessions == sessions
     await agent.stop()
-    await agent.start(connected=False)
-    assert agent.a.link.sessions == 0
-    assert read_link_status(agent.a.store).state is LinkState.REVOKED
+    assert a.exit_code == 78
+    assert read_link_status(agent.open_store()).state is LinkState.REVOKED
 
 
 async def test_a_half_open_link_is_found_by_heartbeats_and_replaced(tmp_path: Path) -> None:

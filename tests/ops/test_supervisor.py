@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from link.linkhelpers import HELLO, AgentUnderTest, Cp, until, within
+import pytest
+from link.linkhelpers import HELLO, AgentUnderTest, Cp, within
 
+from agent.daemon import Agent
 from agent.daemon_state import lifecycle_json, read_lifecycle
-from agent.errors import UsageError
+from agent.errors import ConfigError, UsageError
+from agent.identity import load_private_key
 from agent.link.outbox import OutboxObserver
 from agent.settings import Settings
 from agent.supervisor import Readiness
@@ -96,13 +99,25 @@ async def test_a_reload_with_an_unreadable_ca_file_or_a_bad_file_changes_nothing
     assert refused._value.get() == 2.0
 
 
-async def test_a_revoked_agent_is_ready_with_what_it_has(cp: Cp, agent: AgentUnderTest) -> None:
+async def test_a_revoked_agent_stops_itself_and_does_not_serve_again(
+    cp: Cp, agent: AgentUnderTest
+) -> None:
     assert agent.identity is not None
     running = await agent.start()
     await within(running.lifecycle.readiness.event.wait(), "readiness")
     await cp.cp.revoke("acme", agent.identity.agent_id)
-    await until(lambda: not running.link.ready.is_set(), "the link to close")
+    await within(running.stop_requested.wait(), "the revoked agent to stop itself")
     await agent.stop()
-    again = await agent.start(connected=False)
-    await within(again.lifecycle.readiness.event.wait(), "readiness without a link")
-    assert "revoked" in again.lifecycle.readiness.detail
+    assert running.exit_code == 78
+    record = read_lifecycle(agent.settings.state_dir)
+    assert record is not None and record["state"] == "stopped"
+    again = Agent(
+        agent.settings,
+        store=agent.open_store(),
+        identity=agent.identity,
+        key=load_private_key(agent.settings.state_dir),
+    )
+    with pytest.raises(ConfigError, match="revoked this agent") as refused:
+        await again.serve()
+    assert refused.value.hint is not None and "--token-file" in refused.value.hint
+    assert not again.ready.is_set()
