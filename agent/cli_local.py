@@ -19,6 +19,7 @@ from agent.errors import OperationError, UsageError
 from agent.flow.commands import Answer
 from agent.flow.engine import AnswerRefused, InputInvalid
 from agent.flow.model import Flow
+from agent.flow.state import RunState
 from agent.identity import IDENTITY_FILE, load_identity
 from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
 from agent.runtime.runner import Runner
@@ -167,18 +168,20 @@ def exec_(args: argparse.Namespace) -> int:
             " daemon would run it in place of the version its control plane publishes",
         )
 
-    async def go(state_dir: Path) -> dict[str, Any]:
+    async def go(state_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         async with _runner(state_dir, args, [*local, flow]) as runner:
-            return await runner.start(flow.id, inputs)
+            result = await runner.start(flow.id, inputs)
+            return result, _fault_of(runner, result["run_id"])
 
     with _state_dir(args.state_dir) as state_dir:
         try:
-            result = asyncio.run(go(state_dir))
+            result, fault = asyncio.run(go(state_dir))
         except InputInvalid as exc:
             for problem in exc.problems:
                 print(f"flow-agent: {args.file}: {problem}", file=sys.stderr)
             return EXIT_USAGE
     _report(result, args, kept=bool(args.state_dir))
+    _note_fault(result, fault, args)
     return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
 
 
@@ -205,17 +208,19 @@ def resume(args: argparse.Namespace) -> int:
         else None
     )
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], dict[str, Any] | None]:
         async with _runner(state_dir, args, local) as runner:
-            return await runner.resume(args.run_id, answer=answer)
+            result = await runner.resume(args.run_id, answer=answer)
+            return result, _fault_of(runner, result["run_id"])
 
     try:
-        result = asyncio.run(go())
+        result, fault = asyncio.run(go())
     except AnswerRefused as exc:
         raise OperationError(
             f"cannot resume {args.run_id}: {exc}", hint="the run is unchanged and still waiting"
         ) from None
     _report(result, args, kept=True)
+    _note_fault(result, fault, args)
     return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
 
 
@@ -246,6 +251,37 @@ def runs(args: argparse.Namespace) -> int:
         when = datetime.fromtimestamp(updated, UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{r['run_id']:<30} {r['flow']:<24} {r['version']:>4} {r['status']:<10} {when}")
     return EXIT_OK
+
+
+def _fault_of(runner: Runner, run_id: str) -> dict[str, Any] | None:
+    """The run's built-in ``fault`` value: set when an element took its fault outcome."""
+    record = runner.store.get_run(run_id)
+    if record is None:
+        return None
+    fault = RunState.peek(record.state).get("values", {}).get("fault")
+    return fault if isinstance(fault, dict) else None
+
+
+def _note_fault(
+    result: dict[str, Any], fault: dict[str, Any] | None, args: argparse.Namespace
+) -> None:
+    """One line on stderr for a fault path taken: the run can complete all the same."""
+    if fault is None:
+        return
+    error = result.get("error") or {}
+    if error.get("element") == fault.get("element"):
+        return  # no fault outcome: the run failed there, and the report says so
+    message = str(fault.get("message"))
+    hint = ""
+    if "is not known to this agent" in message:
+        hint = (
+            " (is it in --flows DIR?)" if getattr(args, "flows", None) else " (pass --flows DIR?)"
+        )
+    print(
+        f"flow-agent: note: element '{fault.get('element')}' took its fault outcome: {message}"
+        + hint,
+        file=sys.stderr,
+    )
 
 
 def _report(result: dict[str, Any], args: argparse.Namespace, *, kept: bool) -> None:

@@ -19,7 +19,8 @@ from agent.runtime.catalog import Catalog, read_flow_file
 from agent.runtime.runner import Runner
 from agent.store.sqlite import SqliteStore
 from tests.e2e.helpers import clean_env
-from tests.test_cli import EXAMPLES, run
+from tests.support.net import free_port
+from tests.test_cli import EXAMPLES, run, write
 
 # -- a reader that goes away -------------------------------------------------------------
 
@@ -100,3 +101,71 @@ def test_a_read_only_store_refuses_writes(tmp_path: Path) -> None:
         reader.close()  # idempotent, as for a writer's store
     # It never held the lock: a writer opens next to it, and after it.
     SqliteStore.open(tmp_path).close()
+
+
+# -- a fault path taken is said on stderr ----------------------------------------------------
+
+
+def test_exec_notes_a_fault_outcome_taken_for_an_unknown_subflow(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    invoice = str(EXAMPLES / "invoice-approval.json")
+    code, out, err = run(capsys, "exec", invoice, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["status"] == "completed" and result["path"][:2] == ["credit", "rejected"]
+    assert err == (
+        "flow-agent: note: element 'credit' took its fault outcome: subflow 'credit-check'"
+        " failed: flow 'credit-check' is not known to this agent (pass --flows DIR?)\n"
+    )
+    # The JSON is the run result as before: the fault is said on stderr only.
+    assert set(result) == {
+        "run_id",
+        "flow",
+        "version",
+        "status",
+        "outputs",
+        "path",
+        "waiting",
+        "error",
+    }
+
+    # With the subflow found, no fault and no note.
+    code, out, err = run(
+        capsys, "exec", invoice, "--flows", str(EXAMPLES / "flows"), "--input", "amount=50"
+    )
+    assert code == 0 and err == ""
+
+
+def _caller(port: int, *, fault: bool) -> dict[str, Any]:
+    notify: dict[str, Any] = {
+        "type": "message",
+        "connector": "svc",
+        "action": "POST /x",
+        "timeout": 5,
+        "next": "done",
+    }
+    if fault:
+        notify["fault"] = "done"
+    return {
+        "format": "flow/v1",
+        "id": "caller",
+        "connectors": {"svc": {"type": "http", "base_url": f"http://127.0.0.1:{port}"}},
+        "start": "notify",
+        "elements": {"notify": notify, "done": {"type": "end"}},
+    }
+
+
+def test_exec_notes_other_faults_without_the_flows_hint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens there: the call is refused
+    code, _, err = run(capsys, "exec", write(tmp_path, _caller(port, fault=True)))
+    assert code == 0
+    assert err.startswith("flow-agent: note: element 'notify' took its fault outcome: ")
+    assert err.count("\n") == 1 and "--flows" not in err
+
+    # No fault outcome: the run failed at the element, which the report already says.
+    code, out, err = run(capsys, "exec", write(tmp_path, _caller(port, fault=False)))
+    assert code == 1 and "error at 'notify'" in out
+    assert "note:" not in err
