@@ -115,6 +115,12 @@ MIGRATIONS: Final[list[str]] = [
     """
     ALTER TABLE agents ADD COLUMN sealing_key TEXT;
     """,
+    # 3: dispatched runs stored before the version was taken from the agent's reports.
+    """
+    UPDATE runs SET version = json_extract(result, '$.version')
+    WHERE version IS NULL AND json_valid(result)
+        AND json_type(result, '$.version') = 'integer';
+    """,
 ]
 
 

@@ -432,11 +432,12 @@ class Store:
         result = data if isinstance(data.get("status"), str) else None
         if result is not None and result["status"] in RUN_STATUS_BY_KIND.values():
             status = result["status"]
+        # The version the agent really runs: a dispatched run names none unless asked.
+        version = data.get("version") if type(data.get("version")) is int else None
         row = conn.execute("SELECT agent_id FROM runs WHERE id=?", (event.run_id,)).fetchone()
         if row is None:
             # A run the agent started itself (trigger, webhook): known from its first event.
             flow = data.get("flow") if isinstance(data.get("flow"), str) else "?"
-            version = data.get("version") if type(data.get("version")) is int else None
             conn.execute(
                 "INSERT INTO runs(id, tenant, flow, version, agent_id, inputs, status, result,"
                 " origin, acked, created_at, updated_at)"
@@ -457,9 +458,9 @@ class Store:
         if row["agent_id"] != agent.id:
             return False  # never let one agent rewrite another's run
         conn.execute(
-            "UPDATE runs SET status=?, result=COALESCE(?, result), acked=1, updated_at=?"
-            " WHERE id=?",
-            (status, None if result is None else dumps(result), now, event.run_id),
+            "UPDATE runs SET status=?, result=COALESCE(?, result), version=COALESCE(?, version),"
+            " acked=1, updated_at=? WHERE id=?",
+            (status, None if result is None else dumps(result), version, now, event.run_id),
         )
         return True
 

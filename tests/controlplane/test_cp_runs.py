@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from cphelpers import HELLO_FLOW, Admin, LinkClient, pair
 
 from agent.protocol.frames import Ack, CancelRun, Event, Events, RunAck, StartRun
 from controlplane.app import RunningServer
+from controlplane.db import MIGRATIONS, Database
 
 RUNS = "/admin/v1/tenants/acme/runs"
 
@@ -99,6 +104,50 @@ async def test_run_state_follows_events_and_wait_returns_the_result(
     assert run["result"]["status"] == "completed"
     stored = await admin.ok("GET", f"{RUNS}/{run['run_id']}")
     assert stored["result"] == result(run["run_id"], "completed", outputs={"greeting": "hi"})
+
+
+async def test_a_dispatched_run_records_the_version_the_agent_reports(
+    admin: Admin, tenant: str, server: RunningServer
+) -> None:
+    client, _ = await online(admin, server)
+    run = await admin.ok("POST", RUNS, {"flow": "hello"})
+    assert run["version"] is None  # none asked for: the agent runs its active version
+    start = await client.recv_type(StartRun)
+    await client.send(RunAck(run_id=start.run_id, accepted=True))
+    await client.send(Events(events=(ev(1, "run.started", start.run_id, {"flow": "hello"}),)))
+    await client.recv_type(Ack)
+    assert (await admin.ok("GET", f"{RUNS}/{start.run_id}"))["version"] is None
+    await client.send(
+        Events(events=(ev(2, "run.completed", start.run_id, result(start.run_id, "completed")),))
+    )
+    await client.recv_type(Ack)
+    listed = (await admin.ok("GET", RUNS))["runs"]
+    assert [(r["run_id"], r["version"], r["result"]["version"]) for r in listed] == [
+        (start.run_id, 1, 1)
+    ]
+    assert (await admin.ok("GET", f"{RUNS}/{start.run_id}"))["version"] == 1
+
+
+def test_runs_stored_without_their_version_get_it_from_their_result(tmp_path: Path) -> None:
+    path = tmp_path / "cp.db"
+    with closing(sqlite3.connect(path)) as old:
+        old.executescript(";".join(MIGRATIONS[:2]) + ";PRAGMA user_version=2;")
+        old.execute("INSERT INTO tenants VALUES ('acme', 0)")
+        for run_id, stored in (("r_1", result("r_1", "completed")), ("r_2", None)):
+            old.execute(
+                "INSERT INTO runs(id, tenant, flow, agent_id, inputs, status, result, origin,"
+                " created_at, updated_at) VALUES (?, 'acme', 'hello', 'ag_1', '{}', 'completed',"
+                " ?, 'controlplane', 0, 0)",
+                (run_id, None if stored is None else json.dumps(stored)),
+            )
+        old.commit()
+    db = Database(path)
+    db.open()
+    try:
+        rows = db.conn.execute("SELECT id, version FROM runs ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [("r_1", 1), ("r_2", None)]
+    finally:
+        db.close()
 
 
 async def test_waiting_for_a_person_releases_the_wait(
