@@ -25,6 +25,7 @@ from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_
 from agent.runtime.runner import Runner
 from agent.secrets import SecretStore, SecretsView
 from agent.settings import Settings, load_settings
+from agent.store.base import RunRecord
 from agent.store.sqlite import SqliteStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -210,18 +211,27 @@ def resume(args: argparse.Namespace) -> int:
 
     async def go() -> tuple[dict[str, Any], dict[str, Any] | None]:
         async with _runner(state_dir, args, local) as runner:
-            result = await runner.resume(args.run_id, answer=answer)
+            try:
+                result = await runner.resume(args.run_id, answer=answer)
+            except AnswerRefused as exc:
+                hint = _refusal_hint(exc, runner.store.get_run(args.run_id))
+                raise OperationError(f"cannot resume {args.run_id}: {exc}", hint=hint) from None
             return result, _fault_of(runner, result["run_id"])
 
-    try:
-        result, fault = asyncio.run(go())
-    except AnswerRefused as exc:
-        raise OperationError(
-            f"cannot resume {args.run_id}: {exc}", hint="the run is unchanged and still waiting"
-        ) from None
+    result, fault = asyncio.run(go())
     _report(result, args, kept=True)
     _note_fault(result, fault, args)
     return EXIT_FAILED if result["status"] in ("failed", "cancelled") else EXIT_OK
+
+
+def _refusal_hint(exc: AnswerRefused, record: RunRecord | None) -> str:
+    """What a refused answer leaves behind, for the run as it now stands."""
+    if record is not None and record.status in ("completed", "failed", "cancelled"):
+        return "nothing to do: the run has finished"
+    if exc.code == "not_waiting":
+        # Interrupted, or waiting on a timer: no page to answer.
+        return "the run is unchanged; resume it without --outcome to continue it"
+    return "the run is unchanged and still waiting"
 
 
 def runs(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from agent.runtime.catalog import Catalog, read_flow_file
 from agent.runtime.runner import Runner
 from agent.store.sqlite import SqliteStore
 from tests.e2e.helpers import clean_env
+from tests.link.linkhelpers import wait_flow
 from tests.support.net import free_port
 from tests.test_cli import EXAMPLES, run, write
 
@@ -160,3 +161,66 @@ def test_exec_notes_other_faults_without_the_flows_hint(
     code, out, err = run(capsys, "exec", write(tmp_path, _caller(port, fault=False)))
     assert code == 1 and "error at 'notify'" in out
     assert "note:" not in err
+
+
+# -- resume: the hint after a refusal, the printed command ----------------------------------
+
+ASK: dict[str, Any] = {
+    "format": "flow/v1",
+    "id": "ask",
+    "values": {
+        "n": {"type": "number", "access": "output"},
+        "note": {"type": "string", "access": "output"},
+    },
+    "start": "page",
+    "elements": {
+        "page": {
+            "type": "page",
+            "fields": [
+                {"value": "n", "label": "Number", "required": True},
+                {"value": "note", "label": "Note"},
+            ],
+            "outcomes": [{"id": "go", "next": "done"}],
+        },
+        "done": {"type": "end"},
+    },
+}
+
+
+def test_answering_a_finished_run_says_there_is_nothing_to_do(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    waiting = _exec_kept(capsys, state, write(tmp_path, ASK))
+    run_id = waiting["run_id"]
+    code, _, err = run(
+        capsys, "resume", run_id, "--state-dir", str(state), "--outcome", "go", "--field", "n=3"
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "resume", run_id, "--state-dir", str(state), "--outcome", "go")
+    assert code == 1
+    assert err.splitlines() == [
+        f"flow-agent: cannot resume {run_id}: run {run_id} is completed, not waiting for a person",
+        "flow-agent: hint: nothing to do: the run has finished",
+    ]
+
+    # A refusal of a run that does wait keeps the old hint, and the run as it was.
+    again = _exec_kept(capsys, state, write(tmp_path, ASK))
+    code, _, err = run(
+        capsys, "resume", again["run_id"], "--state-dir", str(state), "--outcome", "go"
+    )
+    assert code == 1 and "field 'n' (Number) is required" in err
+    assert err.endswith("hint: the run is unchanged and still waiting\n")
+
+
+def test_answering_a_run_on_a_timer_says_how_to_continue_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    napping = _exec_kept(capsys, state, write(tmp_path, wait_flow(3600)), "--max-wait", "0")
+    assert napping["waiting"]["kind"] == "timer"
+    code, _, err = run(
+        capsys, "resume", napping["run_id"], "--state-dir", str(state), "--outcome", "go"
+    )
+    assert code == 1 and "(waiting on a timer)" in err
+    assert err.endswith("hint: the run is unchanged; resume it without --outcome to continue it\n")
