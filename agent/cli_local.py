@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from agent.flow.commands import Answer
 from agent.flow.engine import AnswerRefused, InputInvalid
 from agent.flow.model import Flow
 from agent.flow.state import RunState
+from agent.flow.values import is_empty
 from agent.identity import IDENTITY_FILE, load_identity
 from agent.runtime.catalog import Catalog, FlowFileInvalid, read_flow_dir, read_flow_file
 from agent.runtime.runner import Runner
@@ -336,8 +338,26 @@ def _report_waiting(
     if not kept:
         print("note: the state was temporary; pass --state-dir to keep a run you want to resume")
     elif kind == "input" and waiting["outcomes"]:
-        state_dir = getattr(args, "state_dir", None)
+        state_dir = shlex.quote(str(getattr(args, "state_dir", None)))
+        # A required field still empty must come with the answer: a placeholder to fill in.
+        needed: list[str] = []
+        optional: list[str] = []
+        for f in waiting["fields"]:
+            flag = f"--field {f['value']}={_placeholder(f['type'])}"
+            (needed if f["required"] and is_empty(f.get("current")) else optional).append(flag)
+        fields = "".join(f" {flag}" for flag in needed)
         print(
             f"  resume: flow-agent resume {run_id} --state-dir {state_dir} "
-            f"--outcome {waiting['outcomes'][0]['id']} --state-token {waiting['state_token']}"
+            f"--outcome {waiting['outcomes'][0]['id']}{fields} "
+            f"--state-token {waiting['state_token']}"
         )
+        notes = ["put the values in place of the capitals"] if needed else []
+        if optional:
+            notes.append("optional: " + " ".join(optional))
+        if notes:
+            print(f"  ({'; '.join(notes)})")
+
+
+def _placeholder(value_type: str) -> str:
+    """What stands for a field's value in a printed command: its type, in capitals."""
+    return "".join(c if c.isalnum() else "_" for c in value_type).upper() or "VALUE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,37 @@ def test_answering_a_run_on_a_timer_says_how_to_continue_it(
     )
     assert code == 1 and "(waiting on a timer)" in err
     assert err.endswith("hint: the run is unchanged; resume it without --outcome to continue it\n")
+
+
+def _resume_line(out: str) -> str:
+    (line,) = [x for x in out.splitlines() if x.startswith("  resume: ")]
+    return line.removeprefix("  resume: ")
+
+
+def test_the_printed_resume_command_names_the_required_fields(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "my state"  # a space: the printed command quotes it
+    code, out, err = run(capsys, "exec", write(tmp_path, ASK), "--state-dir", str(state))
+    assert code == 0, err
+    command = _resume_line(out)
+    assert " --field n=NUMBER " in command and "note=" not in command
+    assert "  (put the values in place of the capitals; optional: --field note=STRING)" in out
+    # Run as printed, with the placeholder filled in, it answers the page.
+    argv = shlex.split(command.replace("n=NUMBER", "n=7"))
+    assert argv[:2] == ["flow-agent", "resume"]
+    code, out, err = run(capsys, *argv[1:], "--json")
+    assert code == 0, err
+    assert json.loads(out)["outputs"]["n"] == 7
+
+
+def test_a_required_field_that_has_a_value_needs_no_placeholder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    doc = json.loads(json.dumps(ASK))
+    doc["values"]["n"]["default"] = 5
+    code, out, _ = run(capsys, "exec", write(tmp_path, doc), "--state-dir", str(tmp_path / "s"))
+    assert code == 0
+    assert "--field" not in _resume_line(out)
+    # It has a value already: giving it again is optional.
+    assert "  (optional: --field n=NUMBER --field note=STRING)" in out
