@@ -81,8 +81,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "health",
         help="exit 0 when the local agent's API answers /livez (container HEALTHCHECK)",
-        description="Ask the local API (api_listen) whether the agent lives: exit 0 and one"
-        " line when /livez answers, else exit 1 and one line saying why.",
+        description="Ask the local API whether the agent lives: exit 0 and one line when"
+        " /livez answers, else exit 1 and one line saying why. Asks where the running agent"
+        " recorded it listens (in its state directory), else api_listen.",
     )
     _common(p)
     p.add_argument(
@@ -221,34 +222,35 @@ def doctor_cmd(args: argparse.Namespace) -> int:
 def probe_address(listen: str, *, bound: str | None = None) -> tuple[str, int]:
     """Where to reach an API that listens on ``listen`` from this host.
 
-    ``bound`` is the URL the running daemon recorded (``api.url``): the only
-    way to know the port when ``listen`` asks for any free one (port 0).
+    ``bound`` is the URL the running daemon recorded (``api.url``); when there
+    is one it wins: the daemon may have been started with another
+    ``api_listen`` than this command sees, or with any free port (port 0).
     """
     from urllib.parse import urlsplit
 
     from agent.settings import parse_listen
 
-    host, port = parse_listen(listen)
+    parts = urlsplit(bound or "")
+    if parts.hostname and parts.port:
+        host, port = parts.hostname, parts.port
+    else:
+        host, port = parse_listen(listen)
     if port == 0:
-        parts = urlsplit(bound or "")
-        if not parts.port:
-            raise OperationError(
-                f"api_listen is {listen} (any free port) and no running agent recorded its port",
-                hint="start the agent, or give api_listen a fixed port (default 127.0.0.1:8355)",
-            )
-        port = parts.port
+        raise OperationError(
+            f"api_listen is {listen} (any free port) and no running agent recorded its port",
+            hint="start the agent, or give api_listen a fixed port (default 127.0.0.1:8355)",
+        )
     # A wildcard listener answers on loopback too.
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port
 
 
 def health_cmd(args: argparse.Namespace) -> int:
     try:
-        settings = _resolve(args).settings
-        bound = None
-        if settings.api_listen.endswith(":0"):
-            from agent.daemon_state import read_meta
+        from agent.daemon_state import read_meta
 
-            bound = read_meta(settings.state_dir, "api.url")
+        settings = _resolve(args).settings
+        # Read without the lock, as `status` does; empty once the daemon stopped.
+        bound = read_meta(settings.state_dir, "api.url")
         host, port = probe_address(settings.api_listen, bound=bound)
     except AgentError as exc:
         print(f"unhealthy: {exc.message}")
