@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -20,6 +21,10 @@ TYPES: Final = frozenset({"string", "number", "boolean", "datetime", "object", "
 ACCESS: Final = frozenset({"private", "input", "output", "input_output"})
 INPUT_ACCESS: Final = frozenset({"input", "input_output"})
 OUTPUT_ACCESS: Final = frozenset({"output", "input_output"})
+
+# Numbers of more digits than this are refused on the way in: Python writes
+# no integer of more than 4,300 digits, and nobody means such a number.
+MAX_DIGITS: Final = 4000
 
 _TRUE: Final = frozenset({"true", "yes", "on", "1"})
 _FALSE: Final = frozenset({"false", "no", "off", "0"})
@@ -86,6 +91,8 @@ def _number(raw: Any) -> Decimal:
             raise ConversionError(f"{raw!r} is not a number") from None
         if not result.is_finite():
             raise ConversionError(f"{raw!r} is not a finite number")
+        if result and result.adjusted() >= MAX_DIGITS:
+            raise ConversionError(f"a number of more than {MAX_DIGITS} digits is too large")
         return result
     result = to_decimal(raw)
     if not result.is_finite():
@@ -220,12 +227,29 @@ def format_number(value: Decimal) -> str:
     return format(value, "f")
 
 
+def plain_number(value: Decimal) -> int | float:
+    """A run's number as a JSON number: whole numbers exact, others the nearest double.
+
+    JSON has no infinity: a number beyond a double's range is written whole
+    (a digit string), and past ``MAX_DIGITS`` digits (which no conversion lets
+    in, but arithmetic can reach) as the largest double of its sign.
+    """
+    whole = value == value.to_integral_value()
+    if whole and abs(value) < 10**18:
+        return int(value)
+    if not whole:
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    if value.adjusted() < MAX_DIGITS:
+        return int(value)
+    return math.copysign(sys.float_info.max, value)
+
+
 def to_plain(value: Any) -> Any:
     """In-run value to plain JSON data (Decimal -> int/float, datetime -> ISO)."""
     if isinstance(value, Decimal):
-        if value == value.to_integral_value() and abs(value) < 10**18:
-            return int(value)
-        return float(value)
+        return plain_number(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):
