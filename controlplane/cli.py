@@ -231,7 +231,8 @@ def _report_run(run: dict[str, Any], *, as_json: bool, waited: float) -> int:
             print(f"waiting: {waiting.get('element')} ({waiting.get('kind')})")
         error = result.get("error")
         if isinstance(error, dict) and error.get("message"):
-            print(f"error: {error.get('element') or '-'}: {error['message']}")
+            where = f"{error['element']}: " if error.get("element") else ""
+            print(f"error: {where}{error['message']}")
     if status in ("running",):
         print(
             f"{PROG}: run {run['run_id']} is still running after {waited:g} s",

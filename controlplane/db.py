@@ -121,6 +121,10 @@ MIGRATIONS: Final[list[str]] = [
     WHERE version IS NULL AND json_valid(result)
         AND json_type(result, '$.version') = 'integer';
     """,
+    # 4: what a refusing agent told a person, beside its reason code.
+    """
+    ALTER TABLE runs ADD COLUMN reason_message TEXT;
+    """,
 ]
 
 

@@ -322,10 +322,10 @@ class Hub:
                 )
                 if not ok:
                     log.warning("agent %s rejected %s v%d: %s", agent.id, flow_id, version, reason)
-            case RunAck(run_id=run_id, accepted=accepted, reason=reason):
+            case RunAck(run_id=run_id, accepted=accepted, reason=reason, message=message):
                 await self.db.run(
                     lambda: self.store.run_acked(
-                        agent.id, run_id=run_id, accepted=accepted, reason=reason
+                        agent.id, run_id=run_id, accepted=accepted, reason=reason, message=message
                     )
                 )
                 self.on_run_change()

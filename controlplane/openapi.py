@@ -333,6 +333,10 @@ def openapi_document() -> dict[str, Any]:
                         ]
                     },
                     reason={"type": ["string", "null"]},
+                    reason_message={
+                        "type": ["string", "null"],
+                        "description": "why the agent refused the run, for a person",
+                    },
                     origin=STR,
                     created_at=STR,
                     updated_at=STR,

@@ -130,6 +130,7 @@ class RunRecord:
     inputs: dict[str, Any]
     status: str
     reason: str | None
+    reason_message: str | None
     result: dict[str, Any] | None
     origin: str
     acked: bool
@@ -146,7 +147,8 @@ class RunRecord:
             return self.result
         error = None
         if self.status == "refused":
-            error = {"element": None, "message": f"the agent refused the run: {self.reason}"}
+            why = f"{self.reason_message} ({self.reason})" if self.reason_message else self.reason
+            error = {"element": None, "message": f"the agent refused the run: {why}"}
         return {
             "run_id": self.id,
             "flow": self.flow,
@@ -167,6 +169,7 @@ class RunRecord:
             "agent": self.agent_id,
             "status": self.status,
             "reason": self.reason,
+            "reason_message": self.reason_message,
             "origin": self.origin,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
@@ -184,6 +187,7 @@ class RunRecord:
             inputs=json.loads(row["inputs"]),
             status=row["status"],
             reason=row["reason"],
+            reason_message=row["reason_message"],
             result=loads_or_none(row["result"]),
             origin=row["origin"],
             acked=bool(row["acked"]),

@@ -529,13 +529,22 @@ class Store:
         ).fetchall()
         return [RunRecord.from_row(row) for row in rows]
 
-    def run_acked(self, agent_id: str, *, run_id: str, accepted: bool, reason: str | None) -> bool:
+    def run_acked(
+        self,
+        agent_id: str,
+        *,
+        run_id: str,
+        accepted: bool,
+        reason: str | None,
+        message: str | None = None,
+    ) -> bool:
         with self.db.tx() as conn:
             cur = conn.execute(
                 "UPDATE runs SET acked=1, status=CASE WHEN ? THEN"
                 " (CASE status WHEN 'dispatched' THEN 'accepted' ELSE status END)"
-                " ELSE 'refused' END, reason=?, updated_at=? WHERE id=? AND agent_id=?",
-                (int(accepted), reason, self.clock(), run_id, agent_id),
+                " ELSE 'refused' END, reason=?, reason_message=?, updated_at=?"
+                " WHERE id=? AND agent_id=?",
+                (int(accepted), reason, message, self.clock(), run_id, agent_id),
             )
         return cur.rowcount > 0
 

@@ -18,10 +18,11 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from agent.errors import AgentError
+from agent.flow import values as V
 from agent.flow.engine import Engine, InputInvalid, convert_inputs
 from agent.flow.model import Flow
 from agent.link.outbox import Outbox
@@ -41,6 +42,16 @@ OUTBOX_FULL: Final = "outbox_full"
 DRAINING: Final = "draining"
 RUN_ID_INVALID: Final = "run_id_invalid"
 STORE_ERROR: Final = "store_error"
+# A refusal's message is a line for a person, not a report: bounded.
+MESSAGE_LIMIT: Final = 500
+_EXPECTED: Final = {
+    "string": "a string",
+    "number": "a number",
+    "boolean": "a boolean (true or false)",
+    "datetime": "an ISO 8601 datetime",
+    "object": "a JSON object",
+    "list": "a JSON list",
+}
 
 
 class TimedCatalog(Catalog):
@@ -170,9 +181,14 @@ class Dispatcher:
     async def start_run(self, msg: StartRun) -> RunAck:
         run_id = msg.run_id
 
-        def refuse(reason: str, why: str) -> RunAck:
+        def refuse(reason: str, why: str, *, told: str | None = None) -> RunAck:
+            # The log keeps the whole story; the control plane hears ``told``
+            # (``why`` unless that may quote business data).
             log.warning("run %s of %s refused (%s): %s", run_id, msg.flow, reason, why)
-            return RunAck(run_id=run_id, accepted=False, reason=reason)
+            said = why if told is None else told
+            if len(said) > MESSAGE_LIMIT:
+                said = said[: MESSAGE_LIMIT - 1] + "…"
+            return RunAck(run_id=run_id, accepted=False, reason=reason, message=said)
 
         if not _RUN_ID.fullmatch(run_id):
             return refuse(RUN_ID_INVALID, "run ids are 1-128 letters, digits, '_' or '-'")
@@ -187,7 +203,8 @@ class Dispatcher:
         try:
             convert_inputs(engine.flow, msg.inputs)
         except InputInvalid as exc:
-            return refuse(INPUTS_INVALID, "; ".join(exc.problems))
+            told = "; ".join(input_problems(engine.flow, msg.inputs))
+            return refuse(INPUTS_INVALID, "; ".join(exc.problems), told=told)
         if self.outbox.full():
             return refuse(
                 OUTBOX_FULL,
@@ -229,6 +246,31 @@ class Dispatcher:
         log.info("run %s %s", run_id, result["status"])
 
 
+def input_problems(flow: Flow, inputs: Mapping[str, Any]) -> list[str]:
+    """What is wrong with each input, by name and declared type, never quoting a value.
+
+    Input values may be business data, and a run refused for them never
+    reaches the outbox's minimising: the refusal names only what the flow
+    itself declares.
+    """
+    accepted = {v.name for v in flow.inputs}
+    problems: list[str] = []
+    for name, raw in inputs.items():
+        spec = flow.values.get(name)
+        if spec is None or name not in accepted:
+            try:
+                convert_inputs(flow, {name: raw})
+            except InputInvalid as exc:
+                problems.extend(exc.problems)  # input names only: nothing to hide
+            continue
+        try:
+            V.convert(spec.type, raw)
+        except V.ConversionError:
+            expected = _EXPECTED.get(spec.type, f"a valid {spec.type}")
+            problems.append(f"input '{name}' is not {expected}")
+    return problems
+
+
 def interrupted_runs(runner: Runner) -> list[str]:
     """Runs a crash left ``running``: they go on where their last commit left them."""
     records = runner.store.list_runs(status=RUNNING, top_level=False, limit=1_000_000)
@@ -243,5 +285,6 @@ __all__ = [
     "Dispatcher",
     "RunPool",
     "TimedCatalog",
+    "input_problems",
     "interrupted_runs",
 ]

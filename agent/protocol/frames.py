@@ -21,7 +21,7 @@ import math
 import re
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
 
 from agent.protocol.errors import (
@@ -66,6 +66,10 @@ _POSITIVE: Final[_Rule] = (lambda value: value > 0, "must be positive")
 _AT_LEAST_ONE: Final[_Rule] = (lambda value: value >= 1, "must be >= 1")
 _NOT_NEGATIVE: Final[_Rule] = (lambda value: value >= 0, "must be >= 0")
 _VALID_SECRET_NAME: Final[_Rule] = (_SECRET_NAME.fullmatch, "is not a valid secret name")
+# Field metadata of a field added after v1 shipped: left off the wire while None,
+# because a peer that predates it refuses a frame with a field it does not know.
+_OMIT_KEY: Final = "omitted_when_none"
+OMITTED_WHEN_NONE: Final[Mapping[str, bool]] = types.MappingProxyType({_OMIT_KEY: True})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,12 +204,18 @@ class StartRun(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class RunAck(Message):
-    """``reason`` when refused: flow_unknown, inputs_invalid, outbox_full, draining."""
+    """``reason`` when refused: flow_unknown, inputs_invalid, outbox_full, draining.
+
+    ``message`` says why for a person (input names, never input values); it
+    is added to the wire only when set, so an ack without one is what peers
+    older than the field expect.
+    """
 
     TYPE: ClassVar[str] = "run_ack"
     run_id: str
     accepted: bool
     reason: str | None = None
+    message: str | None = field(default=None, metadata=OMITTED_WHEN_NONE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -470,7 +480,11 @@ def _raise_problems(msg: object, error: Callable[[str], ProtocolError]) -> None:
 
 def _to_json(value: object) -> object:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
+        return {
+            f.name: _to_json(getattr(value, f.name))
+            for f in fields(value)
+            if not (f.metadata.get(_OMIT_KEY) and getattr(value, f.name) is None)
+        }
     if isinstance(value, tuple):
         return [_to_json(item) for item in value]
     return value

@@ -187,11 +187,34 @@ async def test_refused_run(admin: Admin, tenant: str, server: RunningServer) -> 
     client, _ = await online(admin, server)
     run = await admin.ok("POST", RUNS, {"flow": "hello"})
     await client.recv_type(StartRun)
+    # An agent older than run_ack's message sends the reason code alone.
     await client.send(RunAck(run_id=run["run_id"], accepted=False, reason="draining"))
     answer = await admin.ok("GET", f"{RUNS}/{run['run_id']}?wait=30")
-    assert (answer["status"], answer["reason"]) == ("refused", "draining")
+    assert (answer["status"], answer["reason"], answer["reason_message"]) == (
+        "refused",
+        "draining",
+        None,
+    )
     assert answer["result"]["status"] == "failed"
-    assert "draining" in answer["result"]["error"]["message"]
+    assert answer["result"]["error"] == {
+        "element": None,
+        "message": "the agent refused the run: draining",
+    }
+    told = await admin.ok("POST", RUNS, {"flow": "hello"})
+    await client.recv_type(StartRun)
+    await client.send(
+        RunAck(
+            run_id=told["run_id"],
+            accepted=False,
+            reason="inputs_invalid",
+            message="input 'amount' is not a number",
+        )
+    )
+    answer = await admin.ok("GET", f"{RUNS}/{told['run_id']}?wait=30")
+    assert answer["reason_message"] == "input 'amount' is not a number"
+    assert answer["result"]["error"]["message"] == (
+        "the agent refused the run: input 'amount' is not a number (inputs_invalid)"
+    )
 
 
 async def test_dispatch_needs_an_online_agent_and_a_published_flow(
