@@ -11,6 +11,7 @@ friends with huge widths, loop turns of one render).
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -267,6 +268,10 @@ def _to_data(value: Any) -> Any:
     """An expression's result as run data: JSON-like, no Jinja objects inside."""
     if isinstance(value, Undefined):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN and infinity are no numbers of a run (nor of JSON): say so here,
+        # where the message can name the expression.
+        raise ExpressionError(f"the result {value!r} is not a finite number")
     if value is None or isinstance(value, bool | int | float | Decimal | datetime):
         return value
     if isinstance(value, str):

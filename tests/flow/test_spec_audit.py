@@ -14,7 +14,7 @@ import pytest
 from agent.flow.engine import InputInvalid
 
 from .flows import Driver, flow_doc
-from .test_engine_values import outputs
+from .test_engine_values import fault, outputs
 
 # -- "number ... JSON output writes it as a JSON number" -------------------------------------
 
@@ -43,3 +43,16 @@ def test_a_number_input_of_absurd_size_is_refused_naming_it() -> None:
     with pytest.raises(InputInvalid) as refused:
         Driver.of(doc).start({"n": "1e5000"})
     assert "'n'" in str(refused.value) and "too large" in str(refused.value)
+
+
+# -- "An expression ... that fails at run time ... is a run fault naming the element" ---------
+
+
+@pytest.mark.parametrize(
+    ("target", "source"),
+    [("n", "'nan' | float"), ("n", "'-inf' | float"), ("l", "[1, 'inf' | float]")],
+)
+def test_an_expression_giving_nan_or_infinity_is_a_run_fault(target: str, source: str) -> None:
+    # Before: a ConversionError escaped the engine (a traceback, not a failed run).
+    message = fault({"set": target, "to": {"expr": source}})
+    assert source in message and "not a finite number" in message
