@@ -14,12 +14,17 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.errors import OperationError, UsageError
+from agent.errors import OperationError, StateDirLocked, UsageError
 from agent.identity import load_identity
 from agent.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from agent.link.pairing import PairResult
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -140,13 +145,66 @@ def _token(args: argparse.Namespace) -> tuple[str, Path | None]:
     raise UsageError("pair needs a TOKEN or --token-file FILE")
 
 
+@contextmanager
+def _taken_back_on_failure(state_dir: Path) -> Iterator[None]:
+    """A command that fails leaves the state directory as it found it.
+
+    Only what it created goes: the store's files where there was no store,
+    then the directories it made (when empty); never a file that was there.
+    """
+    from agent.store.files import DB_NAME, LOCK_NAME, SIDE_SUFFIXES
+
+    made = [d for d in (state_dir, *state_dir.parents) if not d.exists()]
+    had = set(os.listdir(state_dir)) if state_dir.is_dir() else set()
+    ours = [LOCK_NAME]
+    if DB_NAME not in had:
+        ours += [DB_NAME, *(DB_NAME + suffix for suffix in SIDE_SUFFIXES)]
+    try:
+        yield
+    except StateDirLocked:
+        raise  # another process owns the directory and all that is in it
+    except BaseException:
+        for name in ours:
+            if name not in had:
+                with suppress(OSError):
+                    (state_dir / name).unlink()
+        for directory in made:
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty, or not ours to remove: the rest stays
+        raise
+
+
 def pair_cmd(args: argparse.Namespace) -> int:
+    from agent.link.pairing import wipe_token_file
+    from agent.protocol.signing import parse_token
+
+    settings = _settings(args, ca_file=args.ca_file, allow_plaintext=args.allow_plaintext)
+    text, path = _token(args)
+    parse_token(text)  # a malformed token is refused before any state is made
+    with _taken_back_on_failure(settings.state_dir):
+        result = _pair_in(settings, args, text, path)
+    if path is not None:
+        wipe_token_file(path)
+    identity = result.identity
+    print(f"agent id:      {identity.agent_id}")
+    print(f"tenant:        {identity.tenant}")
+    print(f"control plane: {identity.url} (region {identity.region})")
+    print(f"state:         {settings.state_dir}")
+    if result.previous is not None:
+        retired = "revoked" if result.retired else "still valid until an admin revokes it"
+        print(f"previous id:   {result.previous} ({retired})")
+    return EXIT_OK
+
+
+def _pair_in(
+    settings: Settings, args: argparse.Namespace, text: str, path: Path | None
+) -> PairResult:
     from agent.link.pairing import PairingRefused, pair, wipe_token_file
     from agent.link.state import read_link_status
     from agent.store.sqlite import SqliteStore
 
-    settings = _settings(args, ca_file=args.ca_file, allow_plaintext=args.allow_plaintext)
-    text, path = _token(args)
     store = SqliteStore.open(settings.state_dir, synchronous=settings.sync)
     try:
         existing = load_identity(settings.state_dir)
@@ -176,17 +234,7 @@ def pair_cmd(args: argparse.Namespace) -> int:
             raise
     finally:
         store.close()
-    if path is not None:
-        wipe_token_file(path)
-    identity = result.identity
-    print(f"agent id:      {identity.agent_id}")
-    print(f"tenant:        {identity.tenant}")
-    print(f"control plane: {identity.url} (region {identity.region})")
-    print(f"state:         {settings.state_dir}")
-    if result.previous is not None:
-        retired = "revoked" if result.retired else "still valid until an admin revokes it"
-        print(f"previous id:   {result.previous} ({retired})")
-    return EXIT_OK
+    return result
 
 
 def run_cmd(args: argparse.Namespace) -> int:
@@ -217,6 +265,7 @@ def run_cmd(args: argparse.Namespace) -> int:
         raise
     except AgentError as exc:  # a bad file, an unknown setting, a bad value: exit 78
         raise ConfigError(exc.message, hint=exc.hint) from exc
+    _refuse_unpaired(settings)
     try:
         return asyncio.run(run_daemon(settings, reload_settings=load, manage_logging=True))
     except AgentError:
@@ -229,6 +278,23 @@ def run_cmd(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CRASH
+
+
+def _refuse_unpaired(settings: Settings) -> None:
+    """No identity and no token to pair with: exit 78 before any state is made."""
+    from agent.errors import ConfigError
+    from agent.identity import IDENTITY_FILE
+
+    if (settings.state_dir / IDENTITY_FILE).exists() or any(
+        os.environ.get(name)
+        for name in ("FLOW_AGENT_PAIRING_TOKEN", "FLOW_AGENT_PAIRING_TOKEN_FILE")
+    ):
+        return
+    raise ConfigError(
+        f"this agent is not paired ({settings.state_dir} holds no identity)",
+        hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
+        " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
+    )
 
 
 def status_cmd(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@
 3. ``POST {url}/agent/v1/pair`` over verified TLS (plaintext only to
    loopback unless allowed), following no redirect to another host.
 4. Check the control plane's signing key against the token's fingerprint
-   before anything is stored; a mismatch aborts.
+   before anything is stored; a mismatch aborts.  (The sealing key sent in
+   step 3 is made first; a failed attempt removes one it made.)
 5. Store the key and identity (atomically), reset the outbox and the link
    status (a new identity starts at sequence 1, connected to nothing yet).
 
@@ -58,7 +59,7 @@ from agent.protocol.signing import (
     sign_repair,
     token_secret_hash,
 )
-from agent.secrets import load_sealing_key
+from agent.secrets import SEALING_KEY_FILE, load_sealing_key
 from agent.store.sqlite import SqliteStore
 
 log = logging.getLogger("flow_agent.pairing")
@@ -228,10 +229,53 @@ async def pair(
 ) -> PairResult:
     """Pair this state directory with the tenant behind ``text`` (a token)."""
     token = parse_token(text)
+    # Kept across re-pairings: secrets sealed to this host stay openable.  One
+    # this attempt creates goes again when the attempt fails: nothing stays
+    # stored unless the control plane's answer checks out.
+    sealing_path = state_dir / SEALING_KEY_FILE
+    fresh_sealing = not sealing_path.exists()
+    sealing = load_sealing_key(state_dir, create=True)
+    try:
+        identity, key, answer, previous = await _ask(
+            token,
+            state_dir=state_dir,
+            sealing=public_key_text(sealing),
+            ca_file=ca_file,
+            allow_plaintext=allow_plaintext,
+            timeout=timeout,
+        )
+    except BaseException:
+        if fresh_sealing:
+            sealing_path.unlink(missing_ok=True)
+        raise
+    identity = save_identity(state_dir, identity, key)
+    adopt_identity(store, identity)
+    log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
+    retired = previous is not None and answer.get("retired") == previous
+    if retired:
+        log.info("the previous identity %s is revoked at the control plane", previous)
+    elif previous is not None:
+        log.warning(
+            "the previous identity %s stays valid at the control plane until an admin"
+            " revokes it (flow-controlplane revoke)",
+            previous,
+        )
+    return PairResult(identity=identity, token=token, previous=previous, retired=retired)
+
+
+async def _ask(
+    token: PairingToken,
+    *,
+    state_dir: Path,
+    sealing: str,
+    ca_file: Path | None,
+    allow_plaintext: bool,
+    timeout: float,
+) -> tuple[Identity, Ed25519PrivateKey, dict[str, Any], str | None]:
+    """Ask the control plane and check its answer: the identity to store (not stored yet),
+    its key, the answer, and the agent id a re-pairing retires."""
     key = generate_private_key()
     public_key = public_key_b64(key)
-    # Kept across re-pairings: secrets sealed to this host stay openable.
-    sealing = load_sealing_key(state_dir, create=True)
     old = _previous(state_dir, token)
     proof = None
     if old is not None:
@@ -249,7 +293,7 @@ async def pair(
         ca_file=ca_file,
         allow_plaintext=allow_plaintext,
         timeout=timeout,
-        sealing_key=public_key_text(sealing),
+        sealing_key=sealing,
         previous=proof,
     )
     try:
@@ -276,20 +320,7 @@ async def pair(
         paired_at=datetime.now(UTC).isoformat(timespec="seconds"),
         name=host_facts()["hostname"],
     )
-    identity = save_identity(state_dir, identity, key)
-    adopt_identity(store, identity)
-    log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
-    previous = None if proof is None else proof["agent_id"]
-    retired = previous is not None and answer.get("retired") == previous
-    if retired:
-        log.info("the previous identity %s is revoked at the control plane", previous)
-    elif previous is not None:
-        log.warning(
-            "the previous identity %s stays valid at the control plane until an admin"
-            " revokes it (flow-controlplane revoke)",
-            previous,
-        )
-    return PairResult(identity=identity, token=token, previous=previous, retired=retired)
+    return identity, key, answer, None if proof is None else proof["agent_id"]
 
 
 def _previous(state_dir: Path, token: PairingToken) -> tuple[Identity, Ed25519PrivateKey] | None:
