@@ -28,6 +28,16 @@ class _Parser(argparse.ArgumentParser):
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def _exec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flows", metavar="DIR", help="directory of other flow files (subflows), found by their id"
@@ -41,7 +51,7 @@ def _exec_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-wait",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="sleep through timers due within this many seconds (default 30)",
@@ -133,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "without, continue a run that was interrupted or waits on a timer.",
     )
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--state-dir", metavar="DIR", required=True)
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        required=True,
+        help="the state directory that keeps the run",
+    )
     p.add_argument("--outcome", metavar="ID", help="the outcome (button) to choose")
     p.add_argument(
         "--field", action="append", default=[], metavar="NAME=VALUE", help="a page field value"
@@ -152,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List top-level runs, newest first. Reads without taking the state"
         " directory's lock, so it works while the daemon runs.",
     )
-    p.add_argument("--state-dir", metavar="DIR", required=True)
+    p.add_argument("--state-dir", metavar="DIR", required=True, help="the state directory to list")
     p.add_argument("--status", choices=("running", "waiting", "completed", "failed", "cancelled"))
     p.add_argument("--json", action="store_true", help="print a list of run results")
     p.set_defaults(handler=cli_local.runs)

@@ -85,8 +85,10 @@ def add_parsers(sub: Any) -> None:
         description="Connect out to the paired control plane, sync published flows, run"
         " them and report their state. Pairs on first start from FLOW_AGENT_PAIRING_TOKEN or"
         " FLOW_AGENT_PAIRING_TOKEN_FILE. Runs until SIGTERM/SIGINT (a second one stops at once);"
-        " SIGHUP reloads the configuration. Exit codes: 0 after a stop, 78 for a configuration"
-        " or identity error (restarting cannot help), 70 for a crash. See docs/operations.md.",
+        " SIGHUP reloads the configuration. Exit codes: 0 after a stop, 1 when it cannot start"
+        " (the state directory in use by another flow-agent, the API's port taken, the control"
+        " plane unreachable while pairing), 78 for a configuration or identity error"
+        " (restarting cannot help), 70 for a crash. See docs/operations.md.",
     )
     _common(p)
     _tls(p)

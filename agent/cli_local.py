@@ -76,10 +76,21 @@ def validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _existing_dir(given: str) -> Path:
+    """``--state-dir`` as a path; a file there is a mistake worth its own words."""
+    path = Path(given)
+    if path.exists() and not path.is_dir():
+        raise UsageError(
+            f"--state-dir {given} is a file, not a directory",
+            hint="point --state-dir at a directory (one that does not exist yet is created)",
+        )
+    return path
+
+
 @contextmanager
 def _state_dir(given: str | None) -> Iterator[Path]:
     if given:
-        yield Path(given)
+        yield _existing_dir(given)
         return
     temporary = Path(tempfile.mkdtemp(prefix="flow-agent-"))
     try:
@@ -166,7 +177,7 @@ def exec_(args: argparse.Namespace) -> int:
     inputs = _inputs(args)
     if args.state_dir:
         _refuse_paired(
-            Path(args.state_dir),
+            _existing_dir(args.state_dir),
             doing=f"exec would store {args.file} (flow '{flow.id}') in its store, where its"
             " daemon would run it in place of the version its control plane publishes",
         )
@@ -189,7 +200,7 @@ def exec_(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir)
+    state_dir = _existing_dir(args.state_dir)
     if not (state_dir / "state.db").exists():
         raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
     _refuse_paired(
@@ -237,7 +248,7 @@ def _refusal_hint(exc: AnswerRefused, record: RunRecord | None) -> str:
 
 
 def runs(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir)
+    state_dir = _existing_dir(args.state_dir)
     if not (state_dir / "state.db").exists():
         raise UsageError(f"{state_dir} holds no flow-agent state (no state.db)")
     # Read-only and without the directory's lock: a running daemon's runs can be listed.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli import EXIT_BROKEN_PIPE
+from agent.cli import EXIT_BROKEN_PIPE, main
 from agent.connectors.registry import ConnectorRegistry
 from agent.errors import StateDirLocked, StoreError
 from agent.runtime.catalog import Catalog, read_flow_file
@@ -259,3 +259,51 @@ def test_a_required_field_that_has_a_value_needs_no_placeholder(
     assert "--field" not in _resume_line(out)
     # It has a value already: giving it again is optional.
     assert "  (optional: --field n=NUMBER --field note=STRING)" in out
+
+
+# -- small things ---------------------------------------------------------------------------
+
+
+def test_a_state_dir_that_is_a_file_is_called_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv in (
+        ["exec", str(EXAMPLES / "hello.json")],
+        ["resume", "r_x"],
+        ["runs"],
+    ):
+        code, out, err = run(capsys, *argv, "--state-dir", str(afile))
+        assert (code, out) == (2, ""), argv
+        assert f"--state-dir {afile} is a file, not a directory" in err
+    assert afile.read_text() == ""
+
+
+@pytest.mark.parametrize("given", ["-1", "nan", "soon"])
+def test_max_wait_takes_no_negative_or_odd_seconds(
+    capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    code, out, err = run(capsys, "exec", str(EXAMPLES / "hello.json"), "--max-wait", given)
+    assert (code, out) == (2, "")
+    assert "argument --max-wait:" in err and given in err
+
+
+def test_max_wait_zero_is_fine(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "exec", str(EXAMPLES / "hello.json"), "--max-wait", "0")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("run", "1 when it cannot start"),
+        ("resume", "the state directory that keeps the run"),
+        ("runs", "the state directory to list"),
+    ],
+)
+def test_help_says_it(capsys: pytest.CaptureFixture[str], command: str, expected: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert expected in " ".join(capsys.readouterr().out.split())
