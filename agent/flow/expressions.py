@@ -21,6 +21,7 @@ from datetime import datetime
 from decimal import Decimal, DecimalException
 from typing import Any, Final
 
+import simplejson
 from jinja2 import ChainableUndefined, TemplateError, Undefined, meta, nodes, pass_context
 from jinja2.environment import Template, TemplateExpression
 from jinja2.exceptions import SecurityError
@@ -58,7 +59,35 @@ def _finalize(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, list | tuple | Mapping):
+        return _json_text(value)
     return value
+
+
+def _json_text(value: Any) -> str:
+    """A list or an object in a template: JSON, its numbers in plain form like ``{{ }}``.
+
+    Python's ``repr`` (``[Decimal('1.5')]``) is no text for a person or a peer.
+    """
+    return str(simplejson.dumps(_jsonable(value), ensure_ascii=False, use_decimal=False))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return simplejson.RawJSON(format_number(value))
+    if isinstance(value, float):
+        return simplejson.RawJSON(format_number(to_decimal(value)))
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, Undefined):
+        return None
+    if isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
 
 
 def _size(value: Any) -> int:
@@ -202,6 +231,8 @@ ENV.globals["__concat__"] = _concat
 ENV.globals["__loop__"] = _loop
 # The sandbox's range, which refuses huge ranges; the builtin one does not.
 ENV.globals["range"] = safe_range
+# ``x | string`` gives the text ``{{ x }}`` shows: plain numbers, true/false, JSON.
+ENV.filters["string"] = lambda value: str(_finalize(value))
 ENV.filters.update({name: _guarded_filter(name, f) for name, f in ENV.filters.items()})
 ALLOWED_GLOBALS: Final = frozenset({"range", "__decimal__", "__concat__", "__loop__"})
 

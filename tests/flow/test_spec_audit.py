@@ -56,3 +56,29 @@ def test_an_expression_giving_nan_or_infinity_is_a_run_fault(target: str, source
     # Before: a ConversionError escaped the engine (a traceback, not a failed run).
     message = fault({"set": target, "to": {"expr": source}})
     assert source in message and "not a finite number" in message
+
+
+# -- "Numbers render in templates in plain decimal form, without an exponent" -----------------
+
+
+def render(template: str, inputs: dict[str, Any]) -> str:
+    result: str = outputs({"set": "s", "to": template}, inputs=inputs)["s"]
+    return result
+
+
+def test_lists_and_objects_render_as_json_with_plain_numbers() -> None:
+    inputs = {"l": [1.5, "1E+2", None, True], "o": {"a": 0.0000001, "b": "x"}}
+    # Before: Python's repr, "[Decimal('1.5'), ...]".
+    assert render("{{ l }}", {"l": inputs["l"]}) == '[1.5, "1E+2", null, true]'
+    assert render("{{ o }}", {"o": inputs["o"]}) == '{"a": 0.0000001, "b": "x"}'
+    assert render("{{ o ~ '' }}", {"o": {"n": 1e30}}) == '{"n": 1' + "0" * 30 + "}"
+    assert json.loads(render("{{ [n, d] }}", {"n": "1E+2", "d": "2026-01-01T00:00:00Z"})) == [
+        100,
+        "2026-01-01T00:00:00+00:00",
+    ]
+
+
+def test_the_string_filter_renders_like_a_placeholder() -> None:
+    assert render("{{ n | string }}", {"n": "1E+2"}) == "100"
+    assert render("{{ n | string }}", {"n": "0.0000001"}) == "0.0000001"  # str() says 1E-7
+    assert render("{{ b | string }}", {"b": False}) == "false"
