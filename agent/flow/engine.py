@@ -559,7 +559,15 @@ class Engine:
             return self._take_fault(new, element, f"subflow '{element.flow}' {event.status}: {why}")
         try:
             for name, child_name in element.outputs.items():
-                new.values[name] = self._convert(element, name, event.outputs.get(child_name))
+                if child_name not in event.outputs:
+                    # A completed child reports every output value it has: a name
+                    # it lacks is a mistake of the flows, not a quiet null.
+                    listed = ", ".join(sorted(event.outputs)) or "none"
+                    raise RunFault(
+                        f"'{element.id}' cannot set value '{name}': flow '{element.flow}' has "
+                        f"no output value '{child_name}' (its outputs: {listed})"
+                    )
+                new.values[name] = self._convert(element, name, event.outputs[child_name])
         except RunFault as fault:
             self._fail(new, element.id, str(fault))
             return new

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from agent.flow.commands import ChildFinished
 from agent.flow.engine import InputInvalid
 
 from .flows import Driver, flow_doc
 from .test_engine_values import fault, outputs
+from .test_engine_waits import child_started
 
 # -- "number ... JSON output writes it as a JSON number" -------------------------------------
 
@@ -82,3 +84,23 @@ def test_the_string_filter_renders_like_a_placeholder() -> None:
     assert render("{{ n | string }}", {"n": "1E+2"}) == "100"
     assert render("{{ n | string }}", {"n": "0.0000001"}) == "0.0000001"  # str() says 1E-7
     assert render("{{ b | string }}", {"b": False}) == "false"
+
+
+# -- subflow "outputs maps a parent value to a child output value name" -----------------------
+
+
+def test_a_child_output_name_the_child_lacks_fails_the_parent_naming_it() -> None:
+    driver, state, _ = child_started()
+    # The child completed and reported its outputs; "band" is not one of them.
+    event = ChildFinished(visit=1, status="completed", outputs={"score": 700, "grade": "A"})
+    state = driver.feed(state, event).state
+    assert state.status == "failed"
+    assert state.error is not None and state.error["element"] == "credit"
+    message = state.error["message"]
+    assert "'band'" in message and "'grade'" in message and "credit-check" in message
+
+
+def test_a_child_output_that_is_null_is_null() -> None:
+    driver, state, _ = child_started()
+    event = ChildFinished(visit=1, status="completed", outputs={"score": None, "band": None})
+    assert driver.result(driver.feed(state, event).state)["outputs"]["score"] is None
