@@ -515,11 +515,14 @@ class Engine:
             new.pending = dict(pending)
             new.waiting = self._waiting(element, new, event.visit, "callback")
             return new
-        if not result.ok:
-            return self._take_fault(
-                new, element, result.message, status=result.status, connector=element.connector
-            )
         connector = self.flow.connectors[element.connector or ""]
+        if not result.ok:
+            # Connectors redact their messages; a plugin that forgets must not
+            # put a secret into the run's values, its error or its reports.
+            message = redacted(result.message, self._sent_secrets(connector.headers, secrets))
+            return self._take_fault(
+                new, element, message, status=result.status, connector=element.connector
+            )
         sent = self._sent_secrets(connector.headers, secrets) if element.outputs else ()
         try:
             for name, source in element.outputs.items():

@@ -14,7 +14,8 @@ import pytest
 from agent.flow.commands import ChildFinished
 from agent.flow.engine import InputInvalid
 
-from .flows import Driver, flow_doc
+from .flows import SECRET, Driver, flow_doc
+from .test_engine_message import done, started
 from .test_engine_values import fault, outputs
 from .test_engine_waits import child_started
 
@@ -104,3 +105,17 @@ def test_a_child_output_that_is_null_is_null() -> None:
     driver, state, _ = child_started()
     event = ChildFinished(visit=1, status="completed", outputs={"score": None, "band": None})
     assert driver.result(driver.feed(state, event).state)["outputs"]["score"] is None
+
+
+# -- "secret ... never appears in run results, reports ... or error messages" ----------------
+
+
+def test_a_connector_fault_message_quoting_the_secret_is_redacted() -> None:
+    # A plugin connector that forgets to redact its message: the engine still does.
+    driver, state, request = started()
+    assert request.redact == (SECRET,)
+    state = done(driver, state, ok=False, status=401, message=f"bad token Bearer {SECRET}")
+    result = driver.result(state)
+    assert state.values["fault"]["message"] == "bad token Bearer ***"
+    assert result["outputs"]["why"] == "erp: bad token Bearer ***"
+    assert SECRET not in state.to_json() and SECRET not in json.dumps(result)
