@@ -275,20 +275,22 @@ class ElementParser:
             return {}
         if has_seconds:
             raw = spec["seconds"]
-            if V.is_number(raw):
-                ten_years = 10 * 365 * 86400
-                if self.c.number(raw, path / "seconds", minimum=0, maximum=ten_years) is None:
-                    return {}
-            elif not isinstance(raw, dict):
+            if not V.is_number(raw) and not isinstance(raw, dict):
                 self.c.error(
                     path / "seconds", f"expected a number of seconds, got {V.describe(raw)}"
                 )
                 return {}
             seconds = parse_operand(self.c, path / "seconds", raw, scope)
-            if seconds and seconds.kind == "literal" and not V.is_number(seconds.value):
-                got = V.describe(seconds.value)
-                self.c.error(path / "seconds", f"expected a number of seconds, got {got}")
-                return {}
+            if seconds and seconds.kind == "literal":
+                # 30 and {"literal": 30} alike: a literal is known now.
+                value = seconds.value
+                if not V.is_number(value):
+                    got = V.describe(value)
+                    self.c.error(path / "seconds", f"expected a number of seconds, got {got}")
+                    return {}
+                ten_years = 10 * 365 * 86400
+                if self.c.number(value, path / "seconds", minimum=0, maximum=ten_years) is None:
+                    return {}
             return {"seconds": seconds}
         until = parse_operand(self.c, path / "until", spec["until"], scope)
         if until is not None and until.kind == "literal":
