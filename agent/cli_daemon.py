@@ -283,15 +283,24 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def _refuse_unpaired(settings: Settings) -> None:
-    """No identity and no token to pair with: exit 78 before any state is made."""
-    from agent.errors import ConfigError
+    """No identity and no token to pair with: exit 78 before any state is made.
+
+    In the daemon's order: an unreadable CA file is said first, as it would.
+    """
+    from agent.errors import AgentError, ConfigError
     from agent.identity import IDENTITY_FILE
+    from agent.link.transport import ssl_context
 
     if (settings.state_dir / IDENTITY_FILE).exists() or any(
         os.environ.get(name)
         for name in ("FLOW_AGENT_PAIRING_TOKEN", "FLOW_AGENT_PAIRING_TOKEN_FILE")
     ):
         return
+    if settings.ca_file is not None:
+        try:
+            ssl_context(settings.ca_file)
+        except AgentError as exc:
+            raise ConfigError(exc.message, hint=exc.hint) from exc
     raise ConfigError(
         f"this agent is not paired ({settings.state_dir} holds no identity)",
         hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
