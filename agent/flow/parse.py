@@ -78,7 +78,7 @@ class FlowParser(ElementParser):
             else None
         )
         name = doc.get("name")
-        if name is not None:
+        if "name" in doc:  # null too: optional fields are left out, never null
             self.c.string(name, root / "name")
         version = 0
         if "version" in doc:
