@@ -15,7 +15,7 @@ from agent.flow.commands import ChildFinished
 from agent.flow.engine import InputInvalid
 
 from .flows import SECRET, Driver, flow_doc
-from .test_engine_message import done, started
+from .test_engine_message import done, message_doc, started
 from .test_engine_values import fault, outputs
 from .test_engine_waits import child_started
 
@@ -119,3 +119,34 @@ def test_a_connector_fault_message_quoting_the_secret_is_redacted() -> None:
     assert state.values["fault"]["message"] == "bad token Bearer ***"
     assert result["outputs"]["why"] == "erp: bad token Bearer ***"
     assert SECRET not in state.to_json() and SECRET not in json.dumps(result)
+
+
+# -- operands: "{"literal": X}: that JSON as is"; "elsewhere any other object is a literal" ----
+
+
+def test_a_literal_inside_a_render_tree_is_sent_as_is() -> None:
+    body = {
+        "raw": {"literal": {"ref": "amount", "t": "{{ note }}"}},
+        "two_keys": {"ref": "amount", "x": "{{ note }}"},  # no operand: its members render
+        "deep": [{"n": {"ref": "amount"}}],
+    }
+    _, _, request = started(message_doc(notify={"body": body}))
+    assert request.body == {
+        "raw": {"ref": "amount", "t": "{{ note }}"},
+        "two_keys": {"ref": "amount", "x": "rush"},
+        "deep": [{"n": 12.5}],
+    }
+
+
+def test_objects_outside_render_trees_are_not_rendered_at_run_time() -> None:
+    literal = {"a": {"ref": "s"}, "t": "{{ s }}"}
+    assert outputs({"set": "o", "to": literal}, inputs={"s": "x"})["o"] == literal
+
+
+# -- operations: "null is assignable to every type" ------------------------------------------
+
+
+def test_null_is_assignable_to_every_type() -> None:
+    inputs = {"s": "x", "n": 5, "b": True, "l": [1], "o": {"a": 1}, "d": "2026-01-01"}
+    operations = [{"set": name, "to": None} for name in inputs]
+    assert outputs(*operations, inputs=inputs) == dict.fromkeys(inputs)
