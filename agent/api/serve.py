@@ -131,9 +131,7 @@ class ApiServer:
         self.url = f"http://{shown}:{port}"
         return self.url
 
-    async def stop(
-        self, *, force: asyncio.Event | None = None, grace: float | None = None
-    ) -> None:
+    async def stop(self, *, force: asyncio.Event | None = None, grace: float | None = None) -> None:
         """Close the listener, let requests in flight finish (up to the grace
         period, or ``grace`` seconds when given), or cut them short at once
         when ``force`` is set."""
