@@ -89,14 +89,12 @@ def _number(raw: Any) -> Decimal:
             result = Decimal(raw.strip())
         except InvalidOperation:
             raise ConversionError(f"{raw!r} is not a number") from None
-        if not result.is_finite():
-            raise ConversionError(f"{raw!r} is not a finite number")
-        if result and result.adjusted() >= MAX_DIGITS:
-            raise ConversionError(f"a number of more than {MAX_DIGITS} digits is too large")
-        return result
-    result = to_decimal(raw)
+    else:
+        result = to_decimal(raw)
     if not result.is_finite():
         raise ConversionError(f"{raw!r} is not a finite number")
+    if result and result.adjusted() >= MAX_DIGITS:
+        raise ConversionError(f"a number of more than {MAX_DIGITS} digits is too large")
     return result
 
 

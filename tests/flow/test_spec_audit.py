@@ -7,6 +7,7 @@ Each test names the rule it holds; the other test modules cover the rest
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -150,3 +151,11 @@ def test_null_is_assignable_to_every_type() -> None:
     inputs = {"s": "x", "n": 5, "b": True, "l": [1], "o": {"a": 1}, "d": "2026-01-01"}
     operations = [{"set": name, "to": None} for name in inputs]
     assert outputs(*operations, inputs=inputs) == dict.fromkeys(inputs)
+
+
+def test_a_connector_output_of_absurd_size_is_a_fault_naming_element_and_value() -> None:
+    driver, state, _ = started()
+    state = done(driver, state, ok=True, status=200, body={"a": {"b": [Decimal("1e5000")]}})
+    assert state.status == "failed"
+    assert state.error is not None and state.error["element"] == "notify"
+    assert "'first'" in state.error["message"] and "too large" in state.error["message"]
