@@ -222,6 +222,14 @@ class Engine:
             return self._advance(state.copy(), now, secrets)
         return Step(state, (), ())
 
+    def outputs(self, state: RunState) -> dict[str, Any]:
+        """The output values in their in-run form (exact decimals, datetimes).
+
+        What a parent run receives from a finished child: JSON's numbers
+        would round 1/3 to a double on the way.
+        """
+        return {n: state.values.get(n) for n in self._output_names}
+
     def result(self, state: RunState) -> dict[str, Any]:
         """The run result of flow-format.md ("Run result")."""
         waiting = None

@@ -429,7 +429,10 @@ class Runner:
         result = child_engine.result(child)
         error = result["error"]["message"] if result.get("error") else None
         return ChildFinished(
-            visit=command.visit, status=child.status, outputs=result["outputs"], error=error
+            visit=command.visit,
+            status=child.status,
+            outputs=child_engine.outputs(child),
+            error=error,
         )
 
     async def _notify_parent(self, engine: Engine, child: RunState) -> None:
@@ -441,7 +444,10 @@ class Runner:
         result = engine.result(child)
         error = result["error"]["message"] if result.get("error") else None
         event = ChildFinished(
-            visit=int(pending["visit"]), status=child.status, outputs=result["outputs"], error=error
+            visit=int(pending["visit"]),
+            status=child.status,
+            outputs=engine.outputs(child),
+            error=error,
         )
         step = parent_engine.feed(parent, event, now=self.now(), secrets=self.secrets)
         self._commit(parent_engine, step, previous=parent.status)

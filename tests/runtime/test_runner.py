@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -97,6 +99,20 @@ async def test_subflow_outputs_flow_back(
     child = store.children(result["run_id"])
     assert [c.status for c in child] == ["completed"]
     assert [r.run_id for r in store.list_runs()] == [result["run_id"]]  # top level only
+
+
+async def test_subflow_numbers_come_back_exact(
+    store: SqliteStore, registry: ConnectorRegistry, clock: Clock
+) -> None:
+    # 28 significant digits: a double (what JSON numbers become) keeps about 16.
+    third = "0.3333333333333333333333333333"
+    runner = make_runner(store, registry, clock, PARENT, CHILD)
+    result = await runner.start("parent", {"x": third})
+    assert result["status"] == "completed"
+    record = store.get_run(result["run_id"])
+    assert record is not None
+    kept = json.loads(record.state, parse_float=Decimal)["values"]["result"]
+    assert Decimal(str(kept)) == Decimal(third) * 2
 
 
 async def test_a_failing_child_takes_the_fault_path(
