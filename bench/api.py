@@ -3,6 +3,7 @@
     python bench/api.py               # about a minute on 2 cores
     python bench/api.py --quick       # small sizes, a few seconds (CI)
     python bench/api.py --profile     # also a cProfile of the server during (a) at 16 clients
+    python bench/api.py --aiohttp-client   # drive it with aiohttp's client, as before
 
 (a) runs per second through ``POST /api/v1/flows/bench-ten/runs`` (the
     ten-element flow of ``bench_flows.py``; the answer comes when the run has
@@ -19,9 +20,12 @@ The server is a separate process (``--serve``, started by this script): the
 API app on 127.0.0.1, over a runner wired as ``flow-agent run`` wires it (a
 ``SqliteStore`` with ``synchronous=normal``, the outbox observer that
 records every run's events for the control plane, the metrics, the log
-context).  No control plane drains the outbox: events pile up in the store,
-as they do while the agent is offline.  The clients are aiohttp tasks in this
-process, one ``ClientSession`` with a connection per client (keep-alive).
+context, the outbox_full check before each new run).  No control plane
+drains the outbox: events pile up in the store, as they do while the agent
+is offline.  The clients are tasks in this process, each with its own
+keep-alive connection, speaking HTTP/1.1 through ``bench_http.LeanClient``
+(about a quarter of the CPU per request that aiohttp's client takes on the
+same two cores the server runs on; ``--aiohttp-client`` uses that one).
 """
 
 from __future__ import annotations
