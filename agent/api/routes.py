@@ -72,6 +72,15 @@ def _context(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
+async def _body_object(request: web.Request, allowed: set[str], *, what: str) -> dict[str, Any]:
+    """The JSON object a request carries, ``{}`` for no body at all."""
+    body = await read_json(request)
+    if body is None and (await request.read()).strip():
+        # A literal null is a body, and not an object (no body is fine).
+        raise Problem(422, "invalid_body", f"{what} must be a JSON object")
+    return _object(body, allowed, what=what)
+
+
 def _object(body: Any, allowed: set[str], *, what: str) -> dict[str, Any]:
     if body is None:
         return {}
@@ -122,7 +131,7 @@ async def list_flows(request: web.Request) -> web.Response:
 
 async def start_run(request: web.Request) -> web.Response:
     ctx = _context(request)
-    body = _object(await read_json(request), {"inputs"}, what="the body")
+    body = await _body_object(request, {"inputs"}, what="the body")
     inputs = body.get("inputs") or {}
     if not isinstance(inputs, dict):
         raise Problem(
@@ -165,9 +174,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def resume_run(request: web.Request) -> web.Response:
     ctx = _context(request)
     run_id = request.match_info["run_id"]
-    body = _object(
-        await read_json(request), {"outcome", "fields", "state_token"}, what="the answer"
-    )
+    body = await _body_object(request, {"outcome", "fields", "state_token"}, what="the answer")
     outcome, fields, token = body.get("outcome"), body.get("fields", {}), body.get("state_token")
     errors = []
     if not isinstance(outcome, str) or not outcome:
@@ -307,7 +314,7 @@ async def run_callback(request: web.Request) -> web.Response:
             " sent with the action call)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    body = _object(await read_json(request), {"outputs", "error"}, what="the callback")
+    body = await _body_object(request, {"outputs", "error"}, what="the callback")
     outputs, error = body.get("outputs"), body.get("error")
     errors = []
     if outputs is not None and not isinstance(outputs, dict):

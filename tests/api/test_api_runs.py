@@ -91,6 +91,9 @@ async def test_start_refusals(client: Client, store: SqliteStore) -> None:
     await problem(
         await client.post("/api/v1/flows/double/runs", json={"inputs": [1]}), 422, "invalid_body"
     )
+    # A literal null is not "no body": it is a body that is not an object.
+    null = {"data": b"null", "headers": {"Content-Type": "application/json"}}
+    await problem(await client.post("/api/v1/flows/double/runs", **null), 422, "invalid_body")
     body = await problem(
         await client.post("/api/v1/flows/double/runs", json={"input": {}}), 422, "invalid_body"
     )
