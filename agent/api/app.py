@@ -318,7 +318,9 @@ def _read_body(timeout: float) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Read here, after authentication, so a stranger's body is never waited
         # for; aiohttp keeps it, and the handlers' read()/post() use that copy.
-        if request.can_read_body:
+        # A body already all here (a small one comes with its head) needs no
+        # timer: only one still arriving is waited for, within the bound.
+        if request.can_read_body and not request.content.is_eof():
             try:
                 async with asyncio.timeout(timeout):
                     await request.read()
