@@ -71,29 +71,38 @@ _ENCODE: Final = json.JSONEncoder(
 class _Iso:
     """``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")``, cheaper.
 
-    A run's twenty events fall within a second or two, so the date and time
-    of day are formatted once per second and only the milliseconds per call.
-    The rounding is ``fromtimestamp``'s (the fraction to the nearest
-    microsecond, half to even), so the text is the same to the character.
+    A run's twenty events fall within a second or two, most of them within
+    the same millisecond, so the date and time of day are formatted once per
+    second and the text once per millisecond.  The rounding is
+    ``fromtimestamp``'s (the fraction to the nearest microsecond, half to
+    even), so the text is the same to the character.
     """
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_ms", "_prefix", "_second", "_text")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        self._ms = -1
+        self._text = ""
 
     def __call__(self, ts: float) -> str:
-        second = math.floor(ts)
+        second = int(ts) if ts >= 0 else math.floor(ts)
         micros = round((ts - second) * 1e6)
         if micros >= 1_000_000:
             second += 1
             micros -= 1_000_000
-        if second != self._second:
+        ms = micros // 1000
+        if second == self._second:
+            if ms == self._ms:
+                return self._text
+        else:
             day = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
             self._prefix = day.isoformat(timespec="seconds")
             self._second = second
-        return f"{self._prefix}.{micros // 1000:03d}+00:00"
+        self._ms = ms
+        self._text = text = f"{self._prefix}.{ms:03d}+00:00"
+        return text
 
 
 iso: Final = _Iso()

@@ -133,6 +133,14 @@ def test_iso_at_the_edges_of_a_second() -> None:
         assert iso(ts) == datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
+@given(st.lists(st.integers(min_value=0, max_value=3_000_000), min_size=2, max_size=40))
+def test_iso_stays_exact_call_after_call(offsets: list[int]) -> None:
+    """The same millisecond twice, the next one, a second back: every text is exact."""
+    for offset in offsets:
+        ts = 1_800_000_000 + offset / 1e6
+        assert iso(ts) == datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
 def test_migration_5_keeps_every_waiting_event_as_it_was(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
     db = Database(conn)
