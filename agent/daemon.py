@@ -74,7 +74,10 @@ log = logging.getLogger("flow_agent.daemon")
 FLUSH_ON_STOP: Final = 2.0  # seconds to let the outbox drain before the link closes
 EXIT_CONFIG: Final = 78  # EX_CONFIG: systemd's RestartPreventExitStatus= stops on it
 EXIT_CRASH: Final = 70  # EX_SOFTWARE
-WAKE_RETRY: Final = 60.0  # a run that could not be woken is tried again after this long
+WAKE_RETRY: Final = 60.0  # the longest wait before a run that could not go on is tried again
+# How often to look for runs left 'running' with nobody driving them (a full
+# disk or an I/O error stopped them mid-way): they go on from their last commit.
+STALLED_SWEEP: Final = 2.0
 
 
 class Agent:
@@ -181,7 +184,8 @@ class Agent:
         self.force = asyncio.Event()
         # 0 after a requested stop; EXIT_CONFIG when the control plane revoked this agent.
         self.exit_code = 0
-        self._wake_failed: dict[str, float] = {}
+        # run id -> (when to try again, failures so far): backoff up to WAKE_RETRY
+        self._wake_failed: dict[str, tuple[float, int]] = {}
         # Schedule triggers fire from the stored flows: no control plane needed.
         self.scheduler = Scheduler(
             store=store,
@@ -351,22 +355,32 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def _timers(self) -> None:
+        next_sweep = self.mono() + STALLED_SWEEP
         while True:
             self.lifecycle.progress.beat("timer")
-            now = self.clock()
-            for record in self.store.due_runs(now):
-                retry = self._wake_failed.get(record.run_id)
-                if retry is not None and self.mono() < retry:
-                    continue
-                self.pool.spawn(record.run_id, self._wake(record.run_id))
+            for record in self.store.due_runs(self.clock()):
+                self._wake_soon(record.run_id)
+            if self.mono() >= next_sweep:
+                next_sweep = self.mono() + STALLED_SWEEP
+                for run_id in interrupted_runs(self.runner):
+                    # Driven by the pool, an API request or a parent: not stalled.
+                    if not self.runner.busy(run_id):
+                        self._wake_soon(run_id)
             await asyncio.sleep(self.settings.timer_interval)
+
+    def _wake_soon(self, run_id: str) -> None:
+        retry = self._wake_failed.get(run_id)
+        if retry is None or self.mono() >= retry[0]:
+            self.pool.spawn(run_id, self._wake(run_id))
 
     async def _wake(self, run_id: str) -> None:
         try:
             await self.runner.wake(run_id)
         except AgentError as exc:
-            log.error("cannot continue run %s: %s (trying again later)", run_id, exc)
-            self._wake_failed[run_id] = self.mono() + WAKE_RETRY
+            failures = self._wake_failed.get(run_id, (0.0, 0))[1] + 1
+            delay = min(WAKE_RETRY, 2.0**failures)
+            log.error("cannot continue run %s: %s (trying again in %g s)", run_id, exc, delay)
+            self._wake_failed[run_id] = (self.mono() + delay, failures)
         else:
             self._wake_failed.pop(run_id, None)
 

@@ -108,7 +108,7 @@ class RunPool:
             raise
         except AgentError as exc:
             # A known failure (a full disk, an I/O error) says what to do; no traceback.
-            log.error("run %s stopped: %s", run_id, exc)
+            log.error("run %s stopped: %s (it goes on from its last step later)", run_id, exc)
         except Exception:
             log.exception("run %s stopped with an unexpected error", run_id)
         finally:

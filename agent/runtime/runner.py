@@ -245,6 +245,10 @@ class Runner:
                 }
         return result
 
+    def busy(self, run_id: str) -> bool:
+        """Whether something drives ``run_id``'s tree now (holds or awaits its lock)."""
+        return run_id.split(".", 1)[0] in self._locks
+
     # -- internals --------------------------------------------------------------------
     def _lock(self, run_id: str) -> _RunLock:
         root = run_id.split(".", 1)[0]

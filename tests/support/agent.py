@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.connectors.registry import ConnectorRegistry
 from agent.daemon import Agent
 from agent.identity import Identity, load_private_key
 from agent.link.pairing import adopt_identity, pair
@@ -49,7 +50,9 @@ class AgentUnderTest:
         self.identity = result.identity
         return result.identity
 
-    async def start(self, *, connected: bool = True) -> Agent:
+    async def start(
+        self, *, connected: bool = True, registry: ConnectorRegistry | None = None
+    ) -> Agent:
         store = self.open_store()
         assert self.identity is not None
         adopt_identity(store, self.identity)
@@ -58,6 +61,7 @@ class AgentUnderTest:
             store=store,
             identity=self.identity,
             key=load_private_key(self.settings.state_dir),
+            registry=registry,
         )
         self._task = asyncio.get_running_loop().create_task(self.agent.serve())
         await within(self.agent.ready.wait(), "the agent to start")
