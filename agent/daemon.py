@@ -28,12 +28,10 @@ tells admins the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,19 +40,15 @@ from agent.api import create_app
 from agent.api.metrics import Metrics
 from agent.api.serve import URL_META, ApiServer, api_token, listen_address, public_url
 from agent.connectors.registry import ConnectorRegistry, default_registry
-from agent.errors import AgentError, ConfigError, OperationError, StoreError, UsageError
-from agent.identity import Identity, load_identity, load_private_key
+from agent.errors import AgentError, ConfigError, StoreError
+from agent.identity import Identity, load_private_key
 from agent.link.client import Link, LinkOptions
 from agent.link.dispatch import Dispatcher, RunPool, TimedCatalog, interrupted_runs
 from agent.link.outbox import Outbox, OutboxObserver
 from agent.link.pairing import (
     PairingFailed,
-    PairingRefused,
-    adopt_identity,
-    pair,
-    read_token_file,
-    wipe_token_file,
 )
+from agent.link.pairing_env import ensure_identity
 from agent.link.secret_inbox import SecretReceiver
 from agent.link.state import REPAIR_HINT, LinkState, read_link_status
 from agent.link.transport import check_plaintext, link_url, open_link, ssl_context
@@ -385,81 +379,8 @@ class Agent:
             self._wake_failed.pop(run_id, None)
 
 
-def token_from_env(env: Mapping[str, str]) -> tuple[str | None, Path | None]:
-    """The pairing token of a container start: (text, file it came from)."""
-    text = env.get("FLOW_AGENT_PAIRING_TOKEN")
-    if text:
-        add_secret(text)
-        return text, None
-    name = env.get("FLOW_AGENT_PAIRING_TOKEN_FILE")
-    if name:
-        path = Path(name)
-        text = read_token_file(path)
-        add_secret(text)
-        return text, path
-    return None, None
-
-
 def _verb(state: LinkState) -> str:
     return "revoked" if state is LinkState.REVOKED else "refused"
-
-
-async def ensure_identity(
-    settings: Settings, store: SqliteStore, *, env: Mapping[str, str]
-) -> Identity:
-    """The stored identity, or a new one from the environment's token.
-
-    The token is used on the first start, and after the control plane revoked
-    or refused the stored identity (a new token is how an admin re-pairs a
-    container); otherwise it is ignored.
-    """
-    identity = load_identity(settings.state_dir)
-    revoked = identity is not None and read_link_status(store).state.terminal
-    text: str | None = None
-    path: Path | None = None
-    if identity is None:
-        text, path = token_from_env(env)
-    elif revoked:
-        # The first start's token file may be gone (wiped after use): then "revoked" is
-        # what to say, and serve() says it.
-        with contextlib.suppress(UsageError):
-            text, path = token_from_env(env)
-        text = text or None
-    if identity is None and text is None:
-        raise OperationError(
-            f"this agent is not paired ({settings.state_dir} holds no identity)",
-            hint="run `flow-agent pair TOKEN` first, or set FLOW_AGENT_PAIRING_TOKEN"
-            " (or FLOW_AGENT_PAIRING_TOKEN_FILE) for the first start",
-        )
-    if text is not None:
-        log.info(
-            "%s: pairing with the token from the environment",
-            "revoked by the control plane" if revoked else "not paired yet",
-        )
-        try:
-            result = await pair(
-                text,
-                state_dir=settings.state_dir,
-                store=store,
-                ca_file=settings.ca_file,
-                allow_plaintext=settings.allow_plaintext,
-            )
-        except PairingRefused:
-            if path is not None:
-                wipe_token_file(path)  # used, expired or unknown: worth nothing any more
-            raise
-        if path is not None:
-            wipe_token_file(path)
-        identity = result.identity
-        log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
-    elif env.get("FLOW_AGENT_PAIRING_TOKEN") or env.get("FLOW_AGENT_PAIRING_TOKEN_FILE"):
-        # Only look at the variables: pairing wiped the token file, and a
-        # restart must not need it.
-        assert identity is not None  # no identity and no token was refused above
-        log.info("already paired as %s; the pairing token is not used", identity.agent_id)
-    assert identity is not None
-    adopt_identity(store, identity)
-    return identity
 
 
 async def run_daemon(
@@ -582,4 +503,4 @@ async def _run(
     return agent.exit_code
 
 
-__all__ = ["EXIT_CONFIG", "EXIT_CRASH", "Agent", "ensure_identity", "run_daemon", "token_from_env"]
+__all__ = ["EXIT_CONFIG", "EXIT_CRASH", "Agent", "run_daemon"]
