@@ -179,7 +179,6 @@ def _taken_back_on_failure(state_dir: Path) -> Iterator[None]:
 
 
 def pair_cmd(args: argparse.Namespace) -> int:
-    from agent.link.pairing import wipe_token_file
     from agent.protocol.signing import parse_token
 
     settings = _settings(args, ca_file=args.ca_file, allow_plaintext=args.allow_plaintext)
@@ -187,8 +186,6 @@ def pair_cmd(args: argparse.Namespace) -> int:
     parse_token(text)  # a malformed token is refused before any state is made
     with _taken_back_on_failure(settings.state_dir):
         result = _pair_in(settings, args, text, path)
-    if path is not None:
-        wipe_token_file(path)
     identity = result.identity
     print(f"agent id:      {identity.agent_id}")
     print(f"tenant:        {identity.tenant}")
@@ -203,7 +200,7 @@ def pair_cmd(args: argparse.Namespace) -> int:
 def _pair_in(
     settings: Settings, args: argparse.Namespace, text: str, path: Path | None
 ) -> PairResult:
-    from agent.link.pairing import PairingRefused, pair, wipe_token_file
+    from agent.link.pairing import pair
     from agent.link.state import read_link_status
     from agent.store.sqlite import SqliteStore
 
@@ -219,21 +216,16 @@ def _pair_in(
                     hint="pass --force to replace that identity with a new one, or use"
                     " another --state-dir",
                 )
-        try:
-            result = asyncio.run(
-                pair(
-                    text,
-                    state_dir=settings.state_dir,
-                    store=store,
-                    ca_file=settings.ca_file,
-                    allow_plaintext=settings.allow_plaintext,
-                )
+        result = asyncio.run(
+            pair(
+                text,
+                state_dir=settings.state_dir,
+                store=store,
+                ca_file=settings.ca_file,
+                allow_plaintext=settings.allow_plaintext,
+                token_file=path,
             )
-        except PairingRefused:
-            # A used, expired or unknown token is worth nothing: do not leave it lying around.
-            if path is not None:
-                wipe_token_file(path)
-            raise
+        )
     finally:
         store.close()
     return result

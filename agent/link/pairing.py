@@ -226,8 +226,41 @@ async def pair(
     ca_file: Path | None = None,
     allow_plaintext: bool = False,
     timeout: float = 30.0,
+    token_file: Path | None = None,
 ) -> PairResult:
-    """Pair this state directory with the tenant behind ``text`` (a token)."""
+    """Pair this state directory with the tenant behind ``text`` (a token).
+
+    ``token_file``, the file the token came from, is wiped once the token is
+    spent: after a pairing, and after a refusal (used, expired, unknown: worth
+    nothing any more); not when the control plane could not be reached.
+    """
+    try:
+        result = await _pair(
+            text,
+            state_dir=state_dir,
+            store=store,
+            ca_file=ca_file,
+            allow_plaintext=allow_plaintext,
+            timeout=timeout,
+        )
+    except PairingRefused:
+        if token_file is not None:
+            wipe_token_file(token_file)
+        raise
+    if token_file is not None:
+        wipe_token_file(token_file)
+    return result
+
+
+async def _pair(
+    text: str,
+    *,
+    state_dir: Path,
+    store: SqliteStore,
+    ca_file: Path | None,
+    allow_plaintext: bool,
+    timeout: float,
+) -> PairResult:
     token = parse_token(text)
     # Kept across re-pairings: secrets sealed to this host stay openable.  One
     # this attempt creates goes again when the attempt fails: nothing stays

@@ -16,11 +16,9 @@ from pathlib import Path
 from agent.errors import OperationError, UsageError
 from agent.identity import Identity, load_identity
 from agent.link.pairing import (
-    PairingRefused,
     adopt_identity,
     pair,
     read_token_file,
-    wipe_token_file,
 )
 from agent.link.state import read_link_status
 from agent.logs import add_secret
@@ -77,22 +75,15 @@ async def ensure_identity(
             "%s: pairing with the token from the environment",
             "revoked by the control plane" if revoked else "not paired yet",
         )
-        try:
-            result = await pair(
-                text,
-                state_dir=settings.state_dir,
-                store=store,
-                ca_file=settings.ca_file,
-                allow_plaintext=settings.allow_plaintext,
-            )
-        except PairingRefused:
-            if path is not None:
-                wipe_token_file(path)  # used, expired or unknown: worth nothing any more
-            raise
-        if path is not None:
-            wipe_token_file(path)
+        result = await pair(
+            text,
+            state_dir=settings.state_dir,
+            store=store,
+            ca_file=settings.ca_file,
+            allow_plaintext=settings.allow_plaintext,
+            token_file=path,
+        )
         identity = result.identity
-        log.info("paired as %s in tenant %s", identity.agent_id, identity.tenant)
     elif env.get("FLOW_AGENT_PAIRING_TOKEN") or env.get("FLOW_AGENT_PAIRING_TOKEN_FILE"):
         # Only look at the variables: pairing wiped the token file, and a
         # restart must not need it.
