@@ -8,19 +8,19 @@ ignores both variables.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.errors import OperationError, UsageError
+from agent.errors import OperationError
 from agent.identity import Identity, load_identity
 from agent.link.pairing import (
+    PairingRefused,
     adopt_identity,
     pair,
     read_token_file,
 )
-from agent.link.state import read_link_status
+from agent.link.state import REPAIR_HINT, read_link_status
 from agent.logs import add_secret
 from agent.settings import Settings
 from agent.store.sqlite import SqliteStore
@@ -60,8 +60,10 @@ async def ensure_identity(
         text, path = token_from_env(env)
     elif revoked:
         # The first start's token file may be gone (wiped after use): then "revoked" is
-        # what to say, and serve() says it.
-        with contextlib.suppress(UsageError):
+        # what to say, and serve() says it.  A file that is there but unreadable is an
+        # error worth its own words.
+        named = env.get("FLOW_AGENT_PAIRING_TOKEN_FILE")
+        if env.get("FLOW_AGENT_PAIRING_TOKEN") or (named and Path(named).exists()):
             text, path = token_from_env(env)
         text = text or None
     if identity is None and text is None:
@@ -75,14 +77,25 @@ async def ensure_identity(
             "%s: pairing with the token from the environment",
             "revoked by the control plane" if revoked else "not paired yet",
         )
-        result = await pair(
-            text,
-            state_dir=settings.state_dir,
-            store=store,
-            ca_file=settings.ca_file,
-            allow_plaintext=settings.allow_plaintext,
-            token_file=path,
-        )
+        try:
+            result = await pair(
+                text,
+                state_dir=settings.state_dir,
+                store=store,
+                ca_file=settings.ca_file,
+                allow_plaintext=settings.allow_plaintext,
+                token_file=path,
+            )
+        except PairingRefused as exc:
+            if not revoked:
+                raise
+            # Most often the first start's token, still in the environment: say both.
+            raise PairingRefused(
+                "the control plane revoked this agent, and the pairing token in the"
+                f" environment was refused: {exc.message}",
+                code=exc.code,
+                hint=REPAIR_HINT,
+            ) from None
         identity = result.identity
     elif env.get("FLOW_AGENT_PAIRING_TOKEN") or env.get("FLOW_AGENT_PAIRING_TOKEN_FILE"):
         # Only look at the variables: pairing wiped the token file, and a

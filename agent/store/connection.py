@@ -140,7 +140,8 @@ def connect_readonly(
         conn.close()
         raise StoreError(
             f"{path} has schema version {found}; this flow-agent reads {schema}",
-            hint="start the agent on it once (flow-agent run), which brings it up to date",
+            hint="open it once with this flow-agent (flow-agent run, or exec/resume with this"
+            " --state-dir), which brings it up to date",
         )
     return conn
 

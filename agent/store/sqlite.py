@@ -227,8 +227,11 @@ class SqliteStore:
     ) -> SqliteStore:
         """Read ``state_dir`` without its lock, next to the process that owns it.
 
-        Nothing is checked, migrated or written (a write raises ``StoreError``);
-        a schema older than this code reads is refused.
+        Nothing is checked or migrated and no row is written (a write raises
+        ``StoreError``); a schema older than this code reads is refused.  Like
+        any reader of a WAL database, SQLite itself may create the ``-wal`` and
+        ``-shm`` files beside it, so the reader needs write access to the
+        directory (the agent's own user has it).
         """
         path = Path(state_dir) / files.DB_NAME
         if not path.is_file():

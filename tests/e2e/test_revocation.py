@@ -54,7 +54,8 @@ def test_revocation_stops_the_daemon_and_a_new_token_brings_its_runs_back(
     tmp_path: Path, cp: ControlPlane
 ) -> None:
     state = tmp_path / "agent"
-    daemon = Daemon(state, FLOW_AGENT_PAIRING_TOKEN=cp.token())
+    first_token = cp.token()
+    daemon = Daemon(state, FLOW_AGENT_PAIRING_TOKEN=first_token)
     try:
         url = daemon.url()
         cp.publish(ASK)
@@ -79,6 +80,16 @@ def test_revocation_stops_the_daemon_and_a_new_token_brings_its_runs_back(
     assert code == 78, again.stderr()
     assert "revoked this agent" in again.stderr() and "--token-file" in again.stderr()
     assert "Traceback" not in again.stderr()
+
+    # The first start's token, still in the environment, is spent: both are said.
+    stale = Daemon(state, FLOW_AGENT_PAIRING_TOKEN=first_token)
+    code = stale.proc.wait(60)
+    stale.stop()
+    assert code == 78, stale.stderr()
+    assert "revoked this agent, and the pairing token in the environment was refused" in (
+        stale.stderr()
+    )
+    assert first_token not in stale.stderr()
 
     # A new token in the environment pairs again; the waiting run goes on.
     back = Daemon(state, FLOW_AGENT_PAIRING_TOKEN=cp.token())
