@@ -133,6 +133,7 @@ def _settings(args: argparse.Namespace, **flags: object) -> Settings:
 
 def _token(args: argparse.Namespace) -> tuple[str, Path | None]:
     from agent.link.pairing import read_token_file
+    from agent.link.pairing_env import token_from_env
 
     if args.token and args.token_file:
         raise UsageError("give the token or --token-file, not both")
@@ -141,10 +142,13 @@ def _token(args: argparse.Namespace) -> tuple[str, Path | None]:
         return read_token_file(path), path
     if args.token:
         return args.token, None
-    env_token = os.environ.get("FLOW_AGENT_PAIRING_TOKEN")
-    if env_token:
-        return env_token, None
-    raise UsageError("pair needs a TOKEN or --token-file FILE")
+    text, source = token_from_env(os.environ)  # as a container's first start reads it
+    if text:
+        return text, source
+    raise UsageError(
+        "pair needs a TOKEN or --token-file FILE",
+        hint="or FLOW_AGENT_PAIRING_TOKEN / FLOW_AGENT_PAIRING_TOKEN_FILE in the environment",
+    )
 
 
 @contextmanager
@@ -156,8 +160,14 @@ def _taken_back_on_failure(state_dir: Path) -> Iterator[None]:
     """
     from agent.store.files import DB_NAME, LOCK_NAME, SIDE_SUFFIXES
 
-    made = [d for d in (state_dir, *state_dir.parents) if not d.exists()]
-    had = set(os.listdir(state_dir)) if state_dir.is_dir() else set()
+    try:
+        made = [d for d in (state_dir, *state_dir.parents) if not d.exists()]
+        had = set(os.listdir(state_dir)) if state_dir.is_dir() else set()
+    except OSError as exc:
+        raise OperationError(
+            f"cannot read the state directory {state_dir}: {exc.strerror or exc}",
+            hint="run as the agent's user, or choose another --state-dir",
+        ) from None
     ours = [LOCK_NAME]
     if DB_NAME not in had:
         ours += [DB_NAME, *(DB_NAME + suffix for suffix in SIDE_SUFFIXES)]

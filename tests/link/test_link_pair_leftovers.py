@@ -120,3 +120,21 @@ def test_run_without_identity_or_token_makes_nothing(tmp_path: Path) -> None:
     assert done.returncode == 78
     assert f"this agent is not paired ({new} holds no identity)" in done.stderr
     assert not new.exists()
+
+
+async def test_pair_reads_the_token_file_named_in_the_environment(
+    tmp_path: Path, cp: Cp, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = tmp_path / "pairing-token"
+    token_file.write_text(await cp.token() + "\n")
+    monkeypatch.delenv("FLOW_AGENT_PAIRING_TOKEN", raising=False)
+    monkeypatch.setenv("FLOW_AGENT_PAIRING_TOKEN_FILE", str(token_file))
+
+    def call() -> tuple[int, str, str]:
+        code = main(["pair", "--state-dir", str(tmp_path / "state")])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = await asyncio.to_thread(call)
+    assert code == 0 and "agent id:" in out, err
+    assert not token_file.exists()  # spent: wiped, as for --token-file
