@@ -458,14 +458,19 @@ class ControlPlane:
         self._run_event = asyncio.Event()
 
 
+_AGENT_ID = re.compile(r"ag_[0-9a-f]{20}")
+
+
 def _previous(value: object) -> tuple[str, str] | None:
     """A re-pairing host's proof: ``{"agent_id", "signature"}`` (see docs/pairing.md)."""
     if value is None:
         return None
     agent_id = value.get("agent_id") if isinstance(value, dict) else None
     signature = value.get("signature") if isinstance(value, dict) else None
-    if not isinstance(agent_id, str) or not 0 < len(agent_id) <= 64:
-        raise BadRequest("previous.agent_id must be the earlier agent's id")
+    # Shaped like the ids this control plane hands out (ag_ + 20 hex): the value
+    # comes from the request and goes into the log.
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
+        raise BadRequest("previous.agent_id must be the earlier agent's id (ag_ and 20 hex digits)")
     if not isinstance(signature, str) or not 0 < len(signature) <= 200:
         raise BadRequest("previous.signature must be a base64 Ed25519 signature")
     return agent_id, signature

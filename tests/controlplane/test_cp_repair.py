@@ -180,7 +180,21 @@ async def test_an_agent_of_another_tenant_is_not_retired(
 async def test_a_malformed_proof_is_a_bad_request_and_uses_no_token(
     admin: Admin, tenant: str, server: RunningServer
 ) -> None:
-    answer = await _pair_with_proof(admin, tenant="acme", previous={"agent_id": 7})
-    assert answer["http_status"] == 400 and "previous" in answer["message"]
+    token = parse_token(await admin.token("acme"))
+    body = {
+        "token_secret": token.secret,
+        "public_key": public_key_b64(generate_private_key()),
+        "name": "host-2",
+        "facts": {},
+    }
+    for previous in ({"agent_id": 7}, {"agent_id": "ag_1\nforged log line", "signature": "x"}):
+        async with admin.http.post(
+            token.url + "/agent/v1/pair", json={**body, "previous": previous}
+        ) as resp:
+            answer = await resp.json()
+        assert resp.status == 400 and "previous" in answer["message"], answer
     answers = await admin.ok("GET", "/admin/v1/tenants/acme/agents")
     assert answers["agents"] == []
+    # The token is not used up: the same one pairs without the proof.
+    async with admin.http.post(token.url + "/agent/v1/pair", json=body) as resp:
+        assert resp.status in (200, 201), await resp.text()
