@@ -236,6 +236,10 @@ class Outbox:
     def append_encoded(self, text: str, count: int) -> int:
         """``append`` for one row's text (see ``_ENTERED``'s comment) of ``count`` events."""
         conn = self._conn
+        if count <= 0:
+            # A row of no events would take the next number and hold no event of
+            # it: the number would be given out again, and the row never acked.
+            return self.last_seq()
         with self.store.transaction():
             try:
                 (last,) = conn.execute(_LAST).fetchone()
@@ -402,6 +406,8 @@ class OutboxObserver:
             entries.append(["run.waiting", run_id, at_now, data])
         elif status in ("completed", "failed", "cancelled"):
             entries.append([f"run.{status}", run_id, at_now, data])
+        if not entries:
+            return  # a commit with nothing to report (waiting on, after a reset)
         text = _ENCODE([run_id, entries])
         # UTF-8 takes at most 4 bytes a character: a row this short holds no
         # result over the bound, and the usual row is far shorter.

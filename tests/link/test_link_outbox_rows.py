@@ -170,6 +170,20 @@ def test_migration_5_keeps_every_waiting_event_as_it_was(tmp_path: Path) -> None
         assert [e.seq for e in outbox.pending(after=0)] == [11]
 
 
+def test_migrations_keep_the_counter_of_an_empty_outbox(tmp_path: Path) -> None:
+    # The usual state at an upgrade: everything acknowledged, 41 numbers given out.
+    conn = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    db = Database(conn)
+    apply_migrations(db, path="x", migrations=MIGRATIONS[:4])
+    conn.execute("UPDATE outbox_seq SET last = 41")
+    assert apply_migrations(db, path="x") == len(MIGRATIONS)
+    conn.close()
+    with SqliteStore.open(tmp_path, synchronous="off") as store:
+        outbox = Outbox(store)
+        assert outbox.last_seq() == 41 and outbox.depth() == 0
+        assert outbox.append(_step(1, "new")) == 42  # not 1: the control plane saw 1-41
+
+
 def test_outbox_seq_still_reads_as_the_last_number_given_out(store: SqliteStore) -> None:
     """``flow-agent status`` and the fault checker read ``outbox_seq`` directly."""
     outbox = Outbox(store)
@@ -187,3 +201,19 @@ def test_outbox_seq_still_reads_as_the_last_number_given_out(store: SqliteStore)
     assert read() == 9 and outbox.append(_step(1, "b")) == 10
     outbox.reset()
     assert read() == 0 and outbox.append(_step(1, "c")) == 1
+
+
+def test_a_commit_with_nothing_to_report_writes_no_row(store: SqliteStore) -> None:
+    # A run still waiting, committed again with no visit and no open element
+    # (a pairing's reset clears them): no event, so no row and no number.
+    from agent.link.outbox import OutboxObserver
+
+    outbox = Outbox(store)
+    observer = OutboxObserver(outbox, report_outputs=False)
+    assert outbox.append(_step(2, "a")) == 2
+    waiting = {"run_id": "r1", "flow": "f", "version": 1, "status": "waiting", "outputs": {}}
+    with store.transaction():
+        observer.committed(result=waiting, previous="waiting", visits=(), parent_id=None)
+    assert _rows(store) == [(1, 2)]
+    assert outbox.append_encoded("[null,[]]", 0) == 2
+    assert outbox.append(_step(1, "b")) == 3  # numbering goes on, nothing collides
