@@ -3,14 +3,14 @@
 Parsed flows (with their compiled templates) and their engines are cached
 per (id, version, digest): a flow version is compiled once.  Which version
 of a flow id is active is asked of the store on every new run (an
-activation from the control plane applies to the next run), but on SQLite
-only its version and digest are read, not the whole definition.
+activation from the control plane applies to the next run), but only its
+version and digest are read; the definition only for a version not compiled
+yet.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,9 +19,6 @@ from agent.errors import OperationError, UsageError
 from agent.flow.engine import DEFAULT_MAX_STEPS, Engine
 from agent.flow.model import Flow, FlowInvalid, canonical_json, parse_flow
 from agent.store.base import FlowConflict, FlowRecord, Store
-from agent.store.sqlite import SqliteStore
-
-_ACTIVE_HEAD = "SELECT version, sha256 FROM flows WHERE flow_id = ? AND active = 1"
 
 
 class FlowFileError(UsageError):
@@ -92,12 +89,6 @@ class Catalog:
         self._engines: dict[tuple[str, int, str], Engine] = {}
         self._local: dict[str, Flow] = {}
         self._recorded: set[tuple[str, str]] = set()
-        # flow id -> (version, sha256, engine) of the active version last seen
-        self._active: dict[str, tuple[int, str, Engine]] = {}
-        # SqliteStore has no public accessor; the outbox reads its connection too.
-        self._conn: sqlite3.Connection | None = (
-            store._conn if isinstance(store, SqliteStore) else None
-        )
         for flow in local:
             self.add_local(flow)
 
@@ -139,26 +130,14 @@ class Catalog:
                 self._record(local)
                 self._recorded.add((local.id, local.sha256))
             return self.engine(local)
-        known = self._active.get(flow_id)
-        if known is not None and self._active_head(flow_id) == known[:2]:
-            return known[2]
-        record = self.store.active_flow(flow_id)
-        if record is None:
-            self._active.pop(flow_id, None)
+        head = self.store.active_head(flow_id)
+        if head is None:
             return None
-        engine = self._from_record(record)
-        self._active[flow_id] = (record.version, record.sha256, engine)
-        return engine
-
-    def _active_head(self, flow_id: str) -> tuple[int, str] | None:
-        """The active version's (version, sha256): two small columns, not the definition."""
-        if self._conn is None:
-            return None  # not SQLite: always read the whole record
-        try:
-            row = self._conn.execute(_ACTIVE_HEAD, (flow_id,)).fetchone()
-        except sqlite3.Error:
-            return None  # the store's own read says what is wrong
-        return None if row is None else (int(row[0]), str(row[1]))
+        known = self._engines.get((flow_id, *head))
+        if known is not None:
+            return known
+        record = self.store.active_flow(flow_id)
+        return self._from_record(record) if record else None
 
     def active_ids(self) -> list[str]:
         """Ids of the flows a new run can start on (stored active ones and local files)."""

@@ -156,6 +156,10 @@ class Store(Protocol):
 
     def active_flow(self, flow_id: str) -> FlowRecord | None: ...
 
+    def active_head(self, flow_id: str) -> tuple[int, str] | None:
+        """The active version's (version, sha256), without its definition."""
+        ...
+
     def activate(self, flow_id: str, version: int) -> None:
         """Make this stored version the only active one of its flow id."""
         ...

@@ -411,6 +411,14 @@ class SqliteStore:
         )
         return None if row is None else _flow(row)
 
+    def active_head(self, flow_id: str) -> tuple[int, str] | None:
+        row = self._one(
+            "SELECT version, sha256 FROM flows WHERE flow_id = ? AND active = 1",
+            (flow_id,),
+            doing=f"read the active version of flow {flow_id}",
+        )
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def activate(self, flow_id: str, version: int) -> None:
         with self.transaction():
             found = self._activate(flow_id, version)

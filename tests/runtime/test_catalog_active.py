@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agent.flow.model import canonical_json, parse_flow
 from agent.runtime.catalog import Catalog
 from agent.store.base import FlowRecord
@@ -35,13 +37,24 @@ def _store_flow(store: SqliteStore, doc: dict[str, Any], *, active: bool) -> Non
     )
 
 
-def test_the_active_engine_is_kept_and_follows_every_activation(store: SqliteStore) -> None:
+def test_the_active_engine_is_kept_and_follows_every_activation(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    definitions_read: list[str] = []
+    read_definition = store.active_flow
+
+    def counted(flow_id: str) -> FlowRecord | None:
+        definitions_read.append(flow_id)
+        return read_definition(flow_id)
+
+    monkeypatch.setattr(store, "active_flow", counted)
     catalog = Catalog(store)
     assert catalog.active("greet") is None
     _store_flow(store, _doc(1), active=True)
     first = catalog.active("greet")
     assert first is not None and first.flow.version == 1
-    assert catalog.active("greet") is first  # compiled once, not read again
+    assert catalog.active("greet") is first  # compiled once
+    assert definitions_read == ["greet"]  # and its definition not read again
     # The link stores and activates through the store, not through the catalog.
     _store_flow(store, _doc(2, message="v2"), active=False)
     assert catalog.active("greet") is first  # stored, not active
