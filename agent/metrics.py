@@ -301,22 +301,6 @@ class AgentMetrics:
         """For the scheduler: one schedule trigger of ``flow`` fired."""
         self.schedule_fires.labels(flow=flow).inc()
 
-    # -- runner Observer ----------------------------------------------------------------
-
-    def committed(
-        self,
-        *,
-        result: dict[str, Any],
-        previous: str | None,
-        visits: tuple[Visit, ...],
-        parent_id: str | None,
-    ) -> None:
-        """Nothing: ``Metrics`` counts runs and elements.
-
-        Kept so that a wiring written when this class timed elements,
-        ``chain(metrics, ops)``, still works and counts nothing twice.
-        """
-
     # -- connectors ---------------------------------------------------------------------
 
     def connectors(

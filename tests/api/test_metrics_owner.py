@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.api import Metrics
 from agent.connectors.registry import ConnectorRegistry
 from agent.link.dispatch import TimedCatalog
+from agent.logs import LogContextObserver
 from agent.metrics import ELEMENT_BUCKETS, AgentMetrics, _Durations, chain
 from agent.runtime.runner import Runner
 from agent.store.sqlite import SqliteStore
@@ -46,14 +47,14 @@ def test_durations_are_exposed_as_prometheus_client_exposes_a_histogram() -> Non
     assert sorted(generate_latest(ours).decode().splitlines()) == sorted(theirs_lines)
 
 
-async def test_runs_and_elements_are_counted_once_even_with_the_old_chain(
+async def test_runs_and_elements_are_counted_once_beside_the_other_observers(
     store: SqliteStore, registry: ConnectorRegistry
 ) -> None:
     metrics = Metrics()
-    ops = AgentMetrics(registry=metrics.registry)
+    AgentMetrics(registry=metrics.registry)  # the daemon's collectors share the registry
     catalog = TimedCatalog(store)  # engines that time their visits
-    # chain(metrics, ops) is how the daemon wired them when both counted.
-    for observer in (metrics, chain(metrics, ops)):
+    # Alone, and chained as the daemon chains it (with the log context).
+    for observer in (metrics, chain(metrics, LogContextObserver())):
         runner = Runner(store=store, catalog=catalog, connectors=registry, observer=observer)
         assert (await runner.start("double", {"n": 2}))["status"] == "completed"
         assert (await runner.start("fails", {}))["status"] == "failed"

@@ -18,7 +18,7 @@ from agent.api.metrics import Metrics
 from agent.connectors.registry import default_registry
 from agent.flow.model import canonical_json, parse_flow
 from agent.link.dispatch import TimedCatalog
-from agent.metrics import AgentMetrics, chain
+from agent.metrics import AgentMetrics
 from agent.runtime.runner import Runner
 from agent.store.base import FlowRecord
 from agent.store.sqlite import SqliteStore
@@ -102,7 +102,7 @@ async def test_runs_elements_and_connector_calls_are_counted(tmp_path: Path, ser
             store=store,
             catalog=TimedCatalog(store),
             connectors=ops.connectors(registry),
-            observer=chain(api, ops),
+            observer=api,
         )
         assert (await runner.start("charge", {"path": "ok"}))["status"] == "completed"
         assert (await runner.start("charge", {"path": "fail"}))["status"] == "failed"
